@@ -1,0 +1,36 @@
+"""OpenAPI request bodies from the protocol schemas; the routers parse bodies themselves because
+one endpoint accepts three encodings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from daguerre.protocol.errors import ErrorResponse
+
+
+def form_body(model: type[BaseModel], files: dict[str, str] | None = None) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    multipart = {**schema, "properties": {**schema.get("properties", {})}}
+    for name, description in (files or {}).items():
+        multipart["properties"][name] = {"type": "string", "format": "binary", "description": description}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": schema},
+                "multipart/form-data": {"schema": multipart},
+                "application/json": {"schema": schema},
+            },
+        }
+    }
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "default": {
+        "model": ErrorResponse,
+        "description": "Failure envelope; sent with HTTP 200 unless the http_error_status setting is on",
+    }
+}

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from daguerre.api.dependencies import services
+
+router = APIRouter()
+
+
+@router.get("/health", summary="Liveness and engine status")
+async def health(request: Request) -> dict[str, object]:
+    status = services(request).engine.status()
+    return {
+        "status": "ok",
+        "device": status.device,
+        "dtype": status.dtype,
+        "queued": status.queued,
+        "loaded_models": list(status.loaded_models),
+    }

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from anyio import to_thread
+from fastapi import APIRouter, Request
+
+from daguerre.api.body import read_fields
+from daguerre.api.dependencies import authenticate, services
+from daguerre.api.openapi import ERROR_RESPONSES, form_body
+from daguerre.protocol.models import ModelEntry, ModelsRequest, ModelsResponse
+from daguerre.services.catalog import Kind, ModelRecord
+
+router = APIRouter()
+
+
+def entry(model: ModelRecord) -> ModelEntry:
+    return ModelEntry(
+        id=model.id,
+        title=model.title,
+        name=model.title,
+        cover_img=model.cover_img,
+        link=model.link,
+        tags=model.tags,
+        type=model.kind.value,
+        base_model=model.family,
+        versions=[v.version for v in model.versions],
+        civitai_model_id=model.civitai_model_id,
+    )
+
+
+@router.post(
+    "/api/models",
+    response_model=ModelsResponse,
+    response_model_exclude_none=True,
+    responses=ERROR_RESPONSES,
+    openapi_extra=form_body(ModelsRequest),
+    summary="List the installed image models, LoRAs and video models",
+)
+async def models(request: Request) -> ModelsResponse:
+    fields, _ = await read_fields(request)
+    await authenticate(request, fields)
+    catalog = services(request).catalog
+    checkpoints = await to_thread.run_sync(catalog.list, Kind.CHECKPOINT)
+    return ModelsResponse(models=[entry(m) for m in checkpoints], loras=[], video_models=[])

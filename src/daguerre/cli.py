@@ -1,0 +1,194 @@
+"""The operator's command line: serve, tokens, credits, models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daguerre.errors import DaguerreError
+from daguerre.settings import Settings
+
+app = typer.Typer(help="daguerre: a self-hosted server that speaks the SinkIn API.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Access tokens.", no_args_is_help=True)
+credits_app = typer.Typer(help="Credits.", no_args_is_help=True)
+models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(credits_app, name="credits")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data folder (default $DAGUERRE_DATA_DIR or ~/.daguerre)")
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    if data_dir is not None:
+        os.environ["DAGUERRE_DATA_DIR"] = str(data_dir)
+    return Settings()
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from daguerre.services.container import open_database
+
+    return open_database(settings)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port")] = None,
+    data_dir: DataDir = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Install the demo model and print a demo token")] = False,
+) -> None:
+    """Start the HTTP server."""
+    import uvicorn
+
+    from daguerre.app import create_app
+    from daguerre.demo import demo_token, install_demo_model
+
+    settings = _settings(data_dir)
+    settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
+    token = None
+    if demo:
+        database = _database(settings)
+        with console.status("Installing the demo model (tiny random weights)..."):
+            install_demo_model(settings, database.catalog)
+        token = demo_token(settings, database.accounts)
+        database.engine.dispose()
+    url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    console.print(f"daguerre on [bold]{url}[/bold]  (data: {settings.data_dir})")
+    if token:
+        console.print("demo model id: [bold]demo[/bold]   demo access token:")
+        print(token, flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, proxy_headers=True)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    credits: Annotated[float, typer.Option(help="Starting credits")] = 0.0,
+    name: Annotated[str, typer.Option(help="A label for the operator")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Create a token; it is printed once, as the last line."""
+    database = _database(_settings(data_dir))
+    token, info = database.accounts.create_token(name=name, credits=credits)
+    console.print(f"created token {info.prefix}... ({name or 'no name'}) with {info.balance:g} credits")
+    print(token)
+
+
+@tokens_app.command("list")
+def tokens_list(data_dir: DataDir = None) -> None:
+    """List tokens (their prefixes; tokens themselves are stored hashed)."""
+    database = _database(_settings(data_dir))
+    table = Table("id", "prefix", "name", "credits", "created")
+    for t in database.accounts.list_tokens():
+        table.add_row(str(t.id), t.prefix, t.name, f"{t.balance:g}", t.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@credits_app.command("add")
+def credits_add(
+    token: Annotated[str, typer.Argument(help="The token, or its prefix from `tokens list`")],
+    amount: Annotated[float, typer.Argument(help="Credits to add (negative to take away)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Add credits to a token."""
+    database = _database(_settings(data_dir))
+    try:
+        info = database.accounts.find(token)
+        balance = database.accounts.add_credits(info.id, amount)
+    except DaguerreError as exc:
+        _fail(exc)
+    console.print(f"token {info.prefix}... now has {balance:g} credits")
+
+
+@models_app.command("add")
+def models_add(
+    path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt file")],
+    title: Annotated[str, typer.Option(help="Display title")],
+    model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
+    version: Annotated[str | None, typer.Option(help="Version name; the newest added is the latest")] = None,
+    default_scale: Annotated[float | None, typer.Option(help="Guidance scale when a request gives none")] = None,
+    default_scheduler: Annotated[str | None, typer.Option(help="Scheduler when a request gives none")] = None,
+    default_negative_prompt: Annotated[str | None, typer.Option(help="Appended when use_default_neg")] = None,
+    cover_img: Annotated[str, typer.Option(help="Cover image URL")] = "",
+    link: Annotated[str, typer.Option(help="Link to the model's page")] = "",
+    tags: Annotated[list[str] | None, typer.Option("--tags", help="A tag; repeat for several")] = None,
+    civitai_model_id: Annotated[int | None, typer.Option(help="The model's Civitai id")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Config skeleton folder for a single file of a custom architecture")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Register an image checkpoint (SD 1.x family), loaded offline from local files."""
+    from daguerre.engine.inspection import UnsupportedModel, inspect_checkpoint
+    from daguerre.engine.schedulers import SCHEDULER_NAMES
+    from daguerre.services.catalog import Format, NewModel
+
+    if default_scheduler is not None and default_scheduler not in SCHEDULER_NAMES:
+        _fail(ValueError(f"--default-scheduler must be one of {', '.join(SCHEDULER_NAMES)}"))
+    if default_scale is not None and not 1 <= default_scale <= 20:
+        _fail(ValueError("--default-scale must be from 1 to 20"))
+    settings = _settings(data_dir)
+    with console.status(f"Inspecting {path}..."):
+        try:
+            info = inspect_checkpoint(path)
+        except UnsupportedModel as exc:
+            _fail(exc)
+    database = _database(settings)
+    try:
+        record = database.catalog.add(
+            NewModel(
+                path=path,
+                format=Format(info.format),
+                title=title,
+                id=model_id,
+                version=version,
+                family=info.family,
+                config_path=config,
+                cover_img=cover_img,
+                link=link,
+                tags=tags or [],
+                civitai_model_id=civitai_model_id,
+                default_scale=default_scale,
+                default_scheduler=default_scheduler,
+                default_negative_prompt=default_negative_prompt,
+            )
+        )
+    except DaguerreError as exc:
+        _fail(exc)
+    console.print(f"added {record.id} version {record.latest.version} ({info.format}, {info.family}): {record.title}")
+
+
+@models_app.command("list")
+def models_list(data_dir: DataDir = None) -> None:
+    """List the catalog."""
+    database = _database(_settings(data_dir))
+    table = Table("id", "kind", "title", "versions", "latest path")
+    for m in database.catalog.list():
+        table.add_row(m.id, m.kind.value, m.title, ", ".join(v.version for v in m.versions), m.latest.path)
+    console.print(table)
+
+
+@models_app.command("remove")
+def models_remove(model_id: Annotated[str, typer.Argument(help="Model id")], data_dir: DataDir = None) -> None:
+    """Remove a model from the catalog (its files stay where they are)."""
+    database = _database(_settings(data_dir))
+    try:
+        database.catalog.remove(model_id)
+    except DaguerreError as exc:
+        _fail(exc)
+    console.print(f"removed {model_id}")

@@ -1,0 +1,57 @@
+"""The demo: a tiny random-weight SD 1.5-topology model, built locally, and a token to try it."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from daguerre.errors import DaguerreError, NotFound
+from daguerre.services.accounts import AccountService
+from daguerre.services.catalog import CatalogService, Format, ModelRecord, NewModel
+from daguerre.settings import Settings
+
+DEMO_MODEL_ID = "demo"
+DEMO_TITLE = "Demo SD 1.5 (tiny random weights: draws noise)"
+DEMO_CREDITS = 1000.0
+
+
+def install_demo_model(settings: Settings, catalog: CatalogService) -> ModelRecord:
+    """Idempotent: builds and registers the demo model only if it is not there."""
+    try:
+        return catalog.get(DEMO_MODEL_ID)
+    except NotFound:
+        pass
+    from daguerre.engine.tiny_models import build_tiny_sd15  # torch only when building
+
+    folder = settings.models_dir / "demo-sd15"
+    if not (folder / "model_index.json").exists():
+        build_tiny_sd15(folder)
+    return catalog.add(
+        NewModel(
+            path=folder,
+            format=Format.DIFFUSERS,
+            id=DEMO_MODEL_ID,
+            version="1",
+            title=DEMO_TITLE,
+            tags=["demo", "random-weights"],
+        )
+    )
+
+
+def demo_token(settings: Settings, accounts: AccountService) -> str:
+    """The demo token, kept in <data_dir>/demo-token (owner-only) so restarts reuse it."""
+    path: Path = settings.data_dir / "demo-token"
+    if path.exists():
+        token = path.read_text().strip()
+        try:
+            info = accounts.authenticate(token)
+        except DaguerreError:
+            pass
+        else:
+            if info.balance < DEMO_CREDITS / 10:
+                accounts.add_credits(info.id, DEMO_CREDITS - info.balance, "demo top-up")
+            return token
+    token, _ = accounts.create_token(name="demo", credits=DEMO_CREDITS)
+    path.write_text(token + "\n")
+    path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    return token

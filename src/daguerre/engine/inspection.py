@@ -1,0 +1,54 @@
+"""Recognise what a checkpoint on disk is before it is registered, without loading its weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+_SD1_UNET = "model.diffusion_model.input_blocks.0.0.weight"
+_SD1_CLIP = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+_SD2_CLIP = "cond_stage_model.model.token_embedding.weight"
+_SDXL = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    format: str  # diffusers | single_file
+    family: str
+
+
+def _keys(path: Path) -> set[str]:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return set(state.get("state_dict", state))
+
+
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.exists():
+            raise UnsupportedModel(f"{path} is a folder without model_index.json: not a diffusers pipeline")
+        pipeline = json.loads(index.read_text())["_class_name"]
+        if pipeline not in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"):
+            raise UnsupportedModel(f"{path} holds a {pipeline}; image models must be SD 1.x pipelines")
+        return CheckpointInfo("diffusers", "sd15")
+    if path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
+        raise UnsupportedModel(f"{path}: expected a .safetensors or .ckpt checkpoint, or a diffusers folder")
+    keys = _keys(path)
+    if _SDXL in keys:
+        raise UnsupportedModel(f"{path} is an SDXL checkpoint; this server serves the SD 1.x family")
+    if _SD2_CLIP in keys:
+        raise UnsupportedModel(f"{path} is an SD 2.x checkpoint; this server serves the SD 1.x family")
+    if _SD1_UNET not in keys or _SD1_CLIP not in keys:
+        raise UnsupportedModel(f"{path} is not an SD 1.x checkpoint in the A1111/Civitai layout")
+    return CheckpointInfo("single_file", "sd15")

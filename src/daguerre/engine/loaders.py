@@ -1,0 +1,33 @@
+"""Load a catalog model version into a diffusers pipeline, from local files only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from daguerre.engine.jobs import ModelSpec
+from daguerre.engine.skeletons import family_skeleton
+
+# Belt and braces: nothing may be fetched from a model hub, at run time or at test time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_text_to_image(spec: ModelSpec, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> StableDiffusionPipeline:
+    common = {"dtype": dtype, "local_files_only": True}
+    if spec.format == "diffusers":
+        pipe = StableDiffusionPipeline.from_pretrained(
+            spec.path, safety_checker=None, requires_safety_checker=False, **common
+        )
+    elif spec.format == "single_file":
+        config = spec.config_path or str(family_skeleton(spec.family, cache_dir))
+        pipe = StableDiffusionPipeline.from_single_file(spec.path, config=config, load_safety_checker=False, **common)
+    else:
+        raise ValueError(f"unknown model format {spec.format!r}")
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    if device.type == "cuda":
+        pipe.unet.to(memory_format=torch.channels_last)
+    return pipe

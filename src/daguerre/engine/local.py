@@ -1,0 +1,105 @@
+"""The in-process engine: one worker thread owns the device and runs jobs in arrival order.
+
+The event loop only waits on futures, so the server keeps answering (health, model lists) while a
+generation runs. Jobs beyond `max_queue` (running plus waiting) are refused at once with
+ServerBusy instead of waiting without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusers import StableDiffusionPipeline
+
+from daguerre.engine.client import EngineClient
+from daguerre.engine.devices import pick_device, pick_dtype
+from daguerre.engine.jobs import EngineStatus, ImagesResult, Job, ModelSpec, TextToImageJob
+from daguerre.engine.loaders import load_text_to_image
+from daguerre.engine.model_cache import ModelCache
+from daguerre.engine.pipelines.text_to_image import text_to_image
+from daguerre.errors import GenerationFailed, ServerBusy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    pipe: StableDiffusionPipeline
+    # The scheduler config as loaded, before any job swapped the pipeline's scheduler.
+    scheduler_config: dict
+
+
+class LocalEngine(EngineClient):
+    def __init__(
+        self,
+        cache_dir: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_loaded_models: int = 2,
+        max_queue: int = 32,
+    ) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.cache = ModelCache(max_loaded_models)
+        self._cache_dir = cache_dir
+        self._max_queue = max_queue
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daguerre-engine")
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            queued=self._pending,
+            loaded_models=tuple(f"{k.id}@{k.version}" for k in self.cache.keys()),  # type: ignore[attr-defined]
+        )
+
+    async def submit(self, job: Job) -> ImagesResult:
+        if self._executor is None:
+            raise RuntimeError("engine not started")
+        with self._lock:
+            if self._pending >= self._max_queue:
+                raise ServerBusy(
+                    f"server busy: {self._pending} jobs are queued (max_queue {self._max_queue}); try again shortly"
+                )
+            self._pending += 1
+        try:
+            future = self._executor.submit(self.run, job)
+            return await asyncio.wrap_future(future)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def run(self, job: Job) -> ImagesResult:
+        """Run one job on this thread; public so benchmarks and tests can call it directly."""
+        try:
+            if isinstance(job, TextToImageJob):
+                loaded = self.pipeline(job.model)
+                images = text_to_image(loaded.pipe, loaded.scheduler_config, job)
+                return ImagesResult(tuple(images))
+            raise TypeError(f"unknown job type {type(job).__name__}")
+        except Exception as exc:
+            log.exception("job failed")
+            raise GenerationFailed(f"generation failed: {exc}") from exc
+
+    def pipeline(self, spec: ModelSpec) -> LoadedPipeline:
+        def load() -> LoadedPipeline:
+            pipe = load_text_to_image(spec, self.device, self.dtype, self._cache_dir)
+            return LoadedPipeline(pipe, dict(pipe.scheduler.config))
+
+        return self.cache.get(spec, load)
+

@@ -1,0 +1,101 @@
+"""Prompt embeddings with A1111 weighting and prompts longer than CLIP's 77 tokens.
+
+As in A1111: the weighted tokens are cut into chunks of 75 (at the last comma within the final
+20 tokens when there is one, and at BREAK), each chunk is wrapped in BOS/EOS, padded to 77 and
+encoded on its own, each token's embedding is scaled by its weight and the chunk rescaled to keep
+its original mean, and the chunks are concatenated. The positive and negative prompts are padded
+to the same number of chunks, since classifier-free guidance batches them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from daguerre.engine.prompt_syntax import Break, Fragment, parse_prompt
+
+CHUNK = 75
+COMMA_BACKTRACK = 20
+
+
+@dataclass
+class _Chunk:
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+def weighted_chunks(tokenizer: CLIPTokenizer, prompt: str) -> list[_Chunk]:
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    chunks = [_Chunk()]
+    last_comma = -1
+
+    def close_chunk() -> None:
+        nonlocal last_comma
+        chunks.append(_Chunk())
+        last_comma = -1
+
+    for piece in parse_prompt(prompt):
+        if isinstance(piece, Break):
+            close_chunk()
+            continue
+        assert isinstance(piece, Fragment)
+        ids = tokenizer(piece.text, add_special_tokens=False, truncation=False).input_ids if piece.text else []
+        for token in ids:
+            current = chunks[-1]
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif len(current.tokens) == CHUNK:
+                if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
+                    carry = _Chunk(current.tokens[last_comma + 1 :], current.weights[last_comma + 1 :])
+                    del current.tokens[last_comma + 1 :], current.weights[last_comma + 1 :]
+                    chunks.append(carry)
+                else:
+                    close_chunk()
+                last_comma = -1
+                current = chunks[-1]
+            current.tokens.append(token)
+            current.weights.append(piece.weight)
+    if len(chunks) > 1 and not chunks[-1].tokens:
+        chunks.pop()
+    return chunks
+
+
+@torch.no_grad()
+def encode_chunks(
+    chunks: list[_Chunk], tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, device: torch.device
+) -> torch.Tensor:
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids, weights = [], []
+    for chunk in chunks:
+        padding = CHUNK - len(chunk.tokens)
+        ids.append([bos, *chunk.tokens, eos] + [pad] * padding)
+        weights.append([1.0, *chunk.weights, 1.0] + [1.0] * padding)
+    input_ids = torch.tensor(ids, device=device)
+    hidden = text_encoder(input_ids)[0]  # (chunks, 77, dim), last hidden state
+    scale = torch.tensor(weights, device=device, dtype=hidden.dtype).unsqueeze(-1)
+    if not torch.all(scale == 1):
+        original_mean = hidden.mean(dim=(1, 2), keepdim=True)
+        hidden = hidden * scale
+        hidden = hidden * (original_mean / hidden.mean(dim=(1, 2), keepdim=True))
+    return hidden.reshape(1, -1, hidden.shape[-1])
+
+
+def encode_prompt_pair(
+    prompt: str,
+    negative_prompt: str,
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    positive = weighted_chunks(tokenizer, prompt)
+    negative = weighted_chunks(tokenizer, negative_prompt)
+    count = max(len(positive), len(negative))
+    positive += [_Chunk() for _ in range(count - len(positive))]
+    negative += [_Chunk() for _ in range(count - len(negative))]
+    return (
+        encode_chunks(positive, tokenizer, text_encoder, device),
+        encode_chunks(negative, tokenizer, text_encoder, device),
+    )

@@ -1,0 +1,42 @@
+"""POST /api/inference: the contract's parameters, defaults and ranges, in one place."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from daguerre.protocol.fields import Bool, Int, Text
+
+SCHEDULERS = ("DPMSolverMultistep", "K_EULER_ANCESTRAL", "DDIM", "K_EULER", "PNDM", "KLMS")
+SchedulerName = Literal["DPMSolverMultistep", "K_EULER_ANCESTRAL", "DDIM", "K_EULER", "PNDM", "KLMS"]
+DEFAULT_SCALE = 7.5
+DEFAULT_SCHEDULER: SchedulerName = "DPMSolverMultistep"
+MAX_SEED = 2**32 - 1
+
+
+class InferenceRequest(BaseModel):
+    # Unknown fields are ignored so clients written for newer versions of the API keep working.
+    model_config = ConfigDict(extra="ignore")
+
+    access_token: Text = Field(description="Access token")
+    model_id: Text = Field(description="Id of an image model from /api/models")
+    prompt: Text = Field(description="A1111 weighting syntax; longer than 77 tokens is fine")
+    version: Text | None = Field(None, description="Model version; default the latest")
+    width: Int = Field(512, ge=128, le=896, multiple_of=8)
+    height: Int = Field(768, ge=128, le=896, multiple_of=8)
+    negative_prompt: Text = ""
+    use_default_neg: Bool = Field(True, description="Append the model's (or server's) default negative prompt")
+    steps: Int = Field(30, ge=1, le=50, description="Number of inference steps")
+    scale: float | None = Field(None, ge=1, le=20, description="Guidance scale; default the model's, else 7.5")
+    num_images: Int = Field(4, ge=1, description="Upper bound: the max_num_images setting")
+    seed: Int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i")
+    scheduler: SchedulerName | None = Field(None, description="Default the model's, else DPMSolverMultistep")
+
+
+class InferenceResponse(BaseModel):
+    error_code: Literal[0] = 0
+    images: list[str]
+    credit_cost: float
+    inf_id: str
+    seeds: list[int] = Field(description="Seed of each image, in order")

@@ -1,0 +1,48 @@
+"""Builds the services from the settings: the composition root shared by the server and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from daguerre.db.database import make_engine, migrate, session_factory
+from daguerre.engine.client import EngineClient
+from daguerre.services.accounts import AccountService
+from daguerre.services.catalog import CatalogService
+from daguerre.services.inference import InferenceService
+from daguerre.services.inferences import InferenceStore
+from daguerre.services.storage import Storage
+from daguerre.settings import Settings
+
+
+@dataclass
+class Database:
+    engine: Engine
+    accounts: AccountService
+    catalog: CatalogService
+    inferences: InferenceStore
+
+
+def open_database(settings: Settings) -> Database:
+    url = settings.resolved_database_url
+    migrate(url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    return Database(engine, AccountService(sessions), CatalogService(sessions), InferenceStore(sessions))
+
+
+@dataclass
+class Services:
+    settings: Settings
+    accounts: AccountService
+    catalog: CatalogService
+    storage: Storage
+    engine: EngineClient
+    inference: InferenceService
+
+
+def build_services(settings: Settings, database: Database, engine: EngineClient) -> Services:
+    storage = Storage(settings.resolved_storage_url)
+    inference = InferenceService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
+    return Services(settings, database.accounts, database.catalog, storage, engine, inference)

@@ -1,0 +1,52 @@
+"""Output storage through fsspec: a local folder by default, any fsspec URL (s3://...) works.
+
+Keys carry 192 random bits, so an output URL cannot be guessed; the server serves them under
+/files/<key>.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fsspec.core import url_to_fs
+
+from daguerre.errors import NotFound
+
+CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".mp4": "video/mp4"}
+
+
+class Storage:
+    def __init__(self, url: str) -> None:
+        self._fs, self._root = url_to_fs(url)
+        self._fs.makedirs(self._root, exist_ok=True)
+
+    @staticmethod
+    def new_key(folder: str, extension: str) -> str:
+        return f"{folder}/{secrets.token_urlsafe(24)}{extension}"
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with self._fs.open(path, "wb") as f:
+            f.write(data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            with self._fs.open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise NotFound("file not found") from None
+
+    def exists(self, key: str) -> bool:
+        return self._fs.exists(self._path(key))
+
+    def _path(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise NotFound("file not found")
+        return f"{self._root.rstrip('/')}/{key}"
+
+
+def content_type(key: str) -> str:
+    return CONTENT_TYPES.get(key[key.rfind(".") :].lower(), "application/octet-stream")
+

@@ -1,0 +1,78 @@
+"""Server settings: environment variables (DAGUERRE_*), then an optional TOML file, then defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "(worst quality, low quality:1.4), lowres, blurry, jpeg artifacts, watermark, signature, text, "
+    "bad anatomy, bad hands, extra fingers, missing fingers, deformed, disfigured"
+)
+
+
+class Pricing(BaseSettings):
+    """Credit formula constants; see the README's "Credits" section for the formula."""
+
+    image_rate: float = Field(0.5, ge=0, description="credits per 512x512 image at 30 steps")
+    min_image_cost: float = Field(0.05, ge=0, description="floor per image, whatever its size")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DAGUERRE_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path("~/.daguerre").expanduser())
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir")
+    storage_url: str | None = Field(None, description="fsspec URL for outputs; default: <data_dir>/outputs")
+    public_url: str | None = Field(None, description="base of the URLs handed out; default: from the request")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cors_origins: list[str] = ["*"]
+    http_error_status: bool = Field(
+        False, description="answer errors with 4xx/5xx; the hosted API, and its clients, use 200"
+    )
+
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_loaded_models: int = Field(2, ge=1, description="pipelines kept resident, least recently used evicted")
+    max_queue: int = Field(32, ge=1, description="jobs waiting or running before 'server busy'")
+    max_num_images: int = Field(4, ge=1, le=16)
+
+    default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    pricing: Pricing = Field(default_factory=Pricing)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("DAGUERRE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'daguerre.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.data_dir / "outputs")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
