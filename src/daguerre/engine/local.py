@@ -53,7 +53,9 @@ class LocalEngine(EngineClient):
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daguerre-engine")
+        # Restartable: a stopped engine keeps its model cache and can serve a new app.
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daguerre-engine")
 
     async def close(self) -> None:
         if self._executor is not None:

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random-weight models of the real architectures, built once per session
+(nothing is fetched from a hub), and an app per test on a fresh data dir sharing one engine so
+the loaded models stay resident between tests, as they do in a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from daguerre.app import create_app
+from daguerre.engine.local import LocalEngine
+from daguerre.engine.skeletons import skeleton_of
+from daguerre.engine.tiny_models import build_tiny_sd15, export_single_file
+from daguerre.services.catalog import Format, NewModel
+from daguerre.settings import Settings
+
+SMALL = {"width": 128, "height": 128, "steps": 2, "num_images": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd15(tmp_path_factory.mktemp("models") / "tiny-sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tiny_sd15: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny model as one A1111-layout .safetensors file, and its config skeleton."""
+    folder = tmp_path_factory.mktemp("single")
+    checkpoint = export_single_file(tiny_sd15, folder / "tiny-sd15.safetensors")
+    return checkpoint, skeleton_of(tiny_sd15, folder / "skeleton")
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> LocalEngine:
+    return LocalEngine(cache_dir=tmp_path_factory.mktemp("cache"), device="cpu", max_loaded_models=4)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+class Api:
+    """A TestClient with the catalog primed and a funded token."""
+
+    def __init__(self, client: TestClient, token: str) -> None:
+        self.client = client
+        self.token = token
+        self.services = client.app.state.services  # type: ignore[attr-defined]
+
+    def post(self, path: str, **fields: Any) -> dict[str, Any]:
+        response = self.client.post(path, data={"access_token": self.token, **fields})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def infer(self, **fields: Any) -> dict[str, Any]:
+        return self.post("/api/inference", **{"model_id": "tiny", "prompt": "a cat", **SMALL, **fields})
+
+    def fetch(self, url: str) -> bytes:
+        response = self.client.get(url)
+        assert response.status_code == 200, url
+        return response.content
+
+    def balance(self) -> float:
+        return self.services.accounts.authenticate(self.token).balance
+
+
+@pytest.fixture
+def api(settings: Settings, engine: LocalEngine, tiny_sd15: Path) -> Iterator[Api]:
+    with TestClient(create_app(settings, engine=engine), base_url="http://testserver") as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
+        token, _ = services.accounts.create_token(name="test", credits=100)
+        yield Api(client, token)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
