@@ -57,15 +57,15 @@ def serve(
     import uvicorn
 
     from daguerre.app import create_app
-    from daguerre.demo import demo_token, install_demo_model
+    from daguerre.demo import demo_token, install_demo
 
     settings = _settings(data_dir)
     settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
     token = None
     if demo:
         database = _database(settings)
-        with console.status("Installing the demo model (tiny random weights)..."):
-            install_demo_model(settings, database.catalog)
+        with console.status("Installing the demo models (tiny random weights)..."):
+            install_demo(settings, database.catalog)
         token = demo_token(settings, database.accounts)
         database.engine.dispose()
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
@@ -119,6 +119,7 @@ def credits_add(
 def models_add(
     path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt file")],
     title: Annotated[str, typer.Option(help="Display title")],
+    kind: Annotated[str, typer.Option(help="What the file is: checkpoint (an image model)")] = "checkpoint",
     model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
     version: Annotated[str | None, typer.Option(help="Version name; the newest added is the latest")] = None,
     default_scale: Annotated[float | None, typer.Option(help="Guidance scale when a request gives none")] = None,
@@ -133,10 +134,10 @@ def models_add(
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Register an image checkpoint (SD 1.x family), loaded offline from local files."""
-    from daguerre.engine.inspection import UnsupportedModel, inspect_checkpoint
+    """Register a model from local files (an SD 1.x image checkpoint by default); loaded offline."""
+    from daguerre.engine.inspection import UnsupportedModel, inspect_model
     from daguerre.engine.schedulers import SCHEDULER_NAMES
-    from daguerre.services.catalog import Format, NewModel
+    from daguerre.services.catalog import Format, Kind, NewModel
 
     if default_scheduler is not None and default_scheduler not in SCHEDULER_NAMES:
         _fail(ValueError(f"--default-scheduler must be one of {', '.join(SCHEDULER_NAMES)}"))
@@ -145,7 +146,7 @@ def models_add(
     settings = _settings(data_dir)
     with console.status(f"Inspecting {path}..."):
         try:
-            info = inspect_checkpoint(path)
+            info = inspect_model(kind, path)
         except UnsupportedModel as exc:
             _fail(exc)
     database = _database(settings)
@@ -154,6 +155,7 @@ def models_add(
             NewModel(
                 path=path,
                 format=Format(info.format),
+                kind=Kind(kind),
                 title=title,
                 id=model_id,
                 version=version,
@@ -166,11 +168,14 @@ def models_add(
                 default_scale=default_scale,
                 default_scheduler=default_scheduler,
                 default_negative_prompt=default_negative_prompt,
+                options=info.options,
             )
         )
     except DaguerreError as exc:
         _fail(exc)
-    console.print(f"added {record.id} version {record.latest.version} ({info.format}, {info.family}): {record.title}")
+    console.print(
+        f"added {kind} {record.id} version {record.latest.version} ({info.format}, {info.family}): {record.title}"
+    )
 
 
 @models_app.command("list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from daguerre.errors import DaguerreError, NotFound
@@ -36,6 +37,15 @@ def install_demo_model(settings: Settings, catalog: CatalogService) -> ModelReco
             tags=["demo", "random-weights"],
         )
     )
+
+
+def install_demo(settings: Settings, catalog: CatalogService) -> None:
+    """Everything `daguerre serve --demo` installs; each step is idempotent."""
+    for install in DEMO_INSTALLERS:
+        install(settings, catalog)
+
+
+DEMO_INSTALLERS: list[Callable[[Settings, CatalogService], object]] = [install_demo_model]
 
 
 def demo_token(settings: Settings, accounts: AccountService) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -23,6 +25,7 @@ class UnsupportedModel(ValueError):
 class CheckpointInfo:
     format: str  # diffusers | single_file
     family: str
+    options: dict[str, Any] = field(default_factory=dict)  # kind-specific facts for the catalog
 
 
 def _keys(path: Path) -> set[str]:
@@ -52,3 +55,17 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     if _SD1_UNET not in keys or _SD1_CLIP not in keys:
         raise UnsupportedModel(f"{path} is not an SD 1.x checkpoint in the A1111/Civitai layout")
     return CheckpointInfo("single_file", "sd15")
+
+
+# What `daguerre models add --kind K` runs to recognise a file of kind K.
+INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
+    "checkpoint": inspect_checkpoint,
+}
+
+
+def inspect_model(kind: str, path: Path) -> CheckpointInfo:
+    try:
+        inspector = INSPECTORS[kind]
+    except KeyError:
+        raise UnsupportedModel(f"unknown kind {kind!r}; known: {', '.join(INSPECTORS)}") from None
+    return inspector(path)
