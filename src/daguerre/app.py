@@ -25,6 +25,8 @@ def default_engine(settings: Settings) -> EngineClient:
         dtype=settings.dtype,
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
+        video_cpu_offload=settings.video.cpu_offload,
+        video_vae_tiling=settings.video.vae_tiling,
     )
 
 
