@@ -3,7 +3,7 @@ frame for image-to-video, charge, run, store the MP4, answer.
 
 Video models are Wan 2.1 pipelines (text- or image-to-video) registered as kind "video", and every
 SD 1.5 image checkpoint once an AnimateDiff motion adapter of kind "video" is registered: the
-request names the checkpoint and the newest registered adapter animates it. Every refusal happens
+request names the checkpoint and the newest registered adapter of its family animates it. Every refusal happens
 before the charge; credits taken are given back if the work fails.
 """
 
@@ -112,10 +112,18 @@ class VideoService:
         self.engine = engine
         self.images = images
 
-    def _adapters(self) -> dict[str, ModelRecord]:
-        """The newest registered motion adapter of each family."""
-        adapters = [m for m in self.catalog.list(Kind.VIDEO) if m.options.get("architecture") == ANIMATEDIFF]
-        return {m.family: m for m in adapters}
+    def _adapters(self) -> list[ModelRecord]:
+        """The motion adapters, newest first."""
+        return [m for m in reversed(self.catalog.list(Kind.VIDEO)) if m.options.get("architecture") == ANIMATEDIFF]
+
+    @staticmethod
+    def _adapter_for(model: ModelRecord, adapters: list[ModelRecord]) -> ModelRecord | None:
+        # An adapter may be tied to the checkpoints it was made for (option "animates", a list of
+        # model ids): the demo's tiny adapter only fits the demo's tiny UNet.
+        for adapter in adapters:
+            if adapter.family == model.family and model.id in adapter.options.get("animates", [model.id]):
+                return adapter
+        return None
 
     def listing(self) -> list[tuple[ModelRecord, dict[str, Any]]]:
         """Each model /api/video takes, with what /api/models says of it beyond the common fields."""
@@ -126,7 +134,7 @@ class VideoService:
         ]
         adapters = self._adapters()
         for model in self.catalog.list(Kind.CHECKPOINT):
-            adapter = adapters.get(model.family)
+            adapter = self._adapter_for(model, adapters)
             if adapter is not None:
                 extra = {
                     "type": "video",
@@ -151,7 +159,7 @@ class VideoService:
                 f"invalid model_id {model_id!r}: it is an AnimateDiff motion adapter; pass the id of an image "
                 "model to animate (/api/models lists them under video_models)",
             )
-        adapter = self._adapters().get(model.family)
+        adapter = self._adapter_for(model, self._adapters())
         if model.kind != Kind.CHECKPOINT or adapter is None:
             raise InvalidParameter(
                 "model_id",
