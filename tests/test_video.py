@@ -100,7 +100,8 @@ def test_text_to_video_is_browser_playable_h264(vapi: Api) -> None:
     response = vapi.client.get(body["video_url"])
     assert response.headers["content-type"] == "video/mp4"
     info = probe(response.content)
-    assert (info["codec"], info["pix_fmt"], info["fps"], info["frames"], info["size"]) == ("h264", "yuv420p", 24, 9, (96, 64))
+    assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
+    assert (info["fps"], info["frames"], info["size"]) == (24, 9, (96, 64))
     assert vapi.balance() == pytest.approx(before - body["credit_cost"])
     record = vapi.services.video.inferences.get(body["inf_id"], vapi.services.accounts.authenticate(vapi.token).id)
     assert (record.kind, record.status, record.model_id) == ("video", "done", "wan")
@@ -166,7 +167,8 @@ def test_animatediff_animates_an_image_model(vapi: Api) -> None:
     body = video(vapi, model_id="tiny", num_frames=3, steps=1, scale=1, fps=8)
     assert body["error_code"] == 0, body
     info = probe(vapi.fetch(body["video_url"]))
-    assert (info["codec"], info["pix_fmt"], info["frames"], info["fps"], info["size"]) == ("h264", "yuv420p", 3, 8, (96, 64))
+    assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
+    assert (info["frames"], info["fps"], info["size"]) == (3, 8, (96, 64))
     record = vapi.services.video.inferences.get(body["inf_id"], vapi.services.accounts.authenticate(vapi.token).id)
     assert record.params["motion_adapter"] == {"id": "motion", "version": "1"}
 
@@ -320,7 +322,8 @@ def test_inspector(tiny_video_models: dict[str, Path], tiny_sd15: Path, tmp_path
     assert adapter.family == "sd15" and adapter.options["max_frames"] == 32
     named = shutil.copytree(tiny_video_models["i2v"], tmp_path / "Wan2.1-I2V-14B-480P-Diffusers")
     assert inspect_model("video", named).options["resolutions"] == ["480p"]
-    for path, why in [(tiny_sd15, "StableDiffusionPipeline"), (tmp_path, "neither"), (tiny_sd15 / "model_index.json", "folders")]:
+    refusals = [(tiny_sd15, "StableDiffusionPipeline"), (tmp_path, "neither"), (tiny_sd15 / "model_index.json", "folders")]
+    for path, why in refusals:
         with pytest.raises(UnsupportedModel, match=why):
             inspect_model("video", path)
 

@@ -89,7 +89,8 @@ def fetcher(tmp_path: Path, resolver: dict[str, list[str]] | None = None, **sett
             return resolver[host]
         return await remote_images.resolve(host, port)
 
-    return RemoteImages(RemoteImageSettings(**settings), Storage(str(tmp_path / "out")), resolve)  # type: ignore[arg-type]
+    limits = RemoteImageSettings(**settings)  # type: ignore[arg-type]
+    return RemoteImages(limits, Storage(str(tmp_path / "out")), resolve)
 
 
 def refused(images: RemoteImages, url: str, own: tuple[str, ...] = ()) -> str:
@@ -102,10 +103,10 @@ def refused(images: RemoteImages, url: str, own: tuple[str, ...] = ()) -> str:
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://example.com/a.png", "file:///etc/passwd", "gopher://example.com/", "data:image/png;base64,AAAA", "/files/x.png"],
+    ["ftp://example.com/a.png", "file:///etc/passwd", "gopher://example.com/", "data:image/png;base64,AA", "/files/x.png"],
 )
 def test_only_http_and_https_are_fetched(tmp_path: Path, url: str) -> None:
-    assert "only http and https" in refused(fetcher(tmp_path), url) or "no host" in refused(fetcher(tmp_path), url)
+    assert "only http and https" in refused(fetcher(tmp_path), url)
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,10 @@ def serve(
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     console.print(f"daguerre on [bold]{url}[/bold]  (data: {settings.data_dir})")
     if token:
-        console.print("demo model ids: [bold]demo[/bold] (images; clips via AnimateDiff), [bold]demo-t2v[/bold], [bold]demo-i2v[/bold] (video)")
+        console.print(
+            "demo model ids: [bold]demo[/bold] (images, and clips via AnimateDiff), "
+            "[bold]demo-t2v[/bold] and [bold]demo-i2v[/bold] (video)"
+        )
         console.print("demo access token:")
         print(token, flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, proxy_headers=True)

@@ -87,7 +87,9 @@ def inspect_video(path: Path) -> CheckpointInfo:
         pipeline = index.get("_class_name")
         modes = {"WanPipeline": "t2v", "WanImageToVideoPipeline": "i2v"}
         if pipeline not in modes:
-            raise UnsupportedModel(f"{path} holds a {pipeline}; video pipelines must be WanPipeline or WanImageToVideoPipeline")
+            raise UnsupportedModel(
+                f"{path} holds a {pipeline}; video pipelines must be WanPipeline or WanImageToVideoPipeline"
+            )
         if (index.get("transformer_2") or [None])[0] or index.get("expand_timesteps"):
             raise UnsupportedModel(f"{path} is a Wan 2.2 pipeline; this server runs Wan 2.1")
         transformer = _json(path / "transformer" / "config.json")

@@ -34,7 +34,9 @@ class VideoRequest(BaseModel):
     image_url: Text | None = Field(
         None, description="Required for image-to-video models: the first frame (http or https URL)"
     )
-    resolution: Resolution = Field("480p", description="480p (832x480) or 720p (1280x720); portrait input images give 480x832 / 720x1280")
+    resolution: Resolution = Field(
+        "480p", description="480p (832x480) or 720p (1280x720); a portrait input image gives 480x832 / 720x1280"
+    )
     fps: Int = Field(16, ge=MIN_FPS, le=MAX_FPS, description="Frames per second of the MP4")
     num_frames: Int | None = Field(
         None,

@@ -128,7 +128,9 @@ class RemoteImages:
         try:
             # A client per hop: connections are keyed by the vetted address, and a pooled one
             # opened for another host's TLS name must not be reused.
-            async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+            async with httpx.AsyncClient(
+                trust_env=False, follow_redirects=False, timeout=self.settings.timeout_s
+            ) as client:
                 request = client.build_request("GET", vetted, headers=headers, extensions=extensions)
                 response = await client.send(request, stream=True)
                 try:
@@ -150,7 +152,7 @@ class RemoteImages:
                     return bytes(data)
                 finally:
                     await response.aclose()
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise refuse(url, f"the download failed ({type(exc).__name__}: {exc})") from None
 
     def _decode(self, url: str, data: bytes) -> Image.Image:

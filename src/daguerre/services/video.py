@@ -128,7 +128,7 @@ class VideoService:
     def listing(self) -> list[tuple[ModelRecord, dict[str, Any]]]:
         """Each model /api/video takes, with what /api/models says of it beyond the common fields."""
         entries = [
-            (m, {"type": "video", "mode": m.options["mode"], "architecture": WAN, "resolutions": m.options["resolutions"]})
+            (m, {"type": "video", "architecture": WAN, **{k: m.options[k] for k in ("mode", "resolutions")}})
             for m in self.catalog.list(Kind.VIDEO)
             if m.options.get("architecture") == WAN
         ]
