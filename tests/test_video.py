@@ -269,7 +269,7 @@ def test_unauthorized_and_uploads(vapi: Api) -> None:
 
 
 def test_image_models_need_a_motion_adapter(api: Api) -> None:
-    error(video(api, model_id="tiny"), "no AnimateDiff motion adapter is installed")
+    error(video(api, model_id="tiny"), "no installed AnimateDiff motion adapter animates it")
     assert api.post("/api/models")["video_models"] == []
 
 

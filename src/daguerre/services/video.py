@@ -163,8 +163,8 @@ class VideoService:
         if model.kind != Kind.CHECKPOINT or adapter is None:
             raise InvalidParameter(
                 "model_id",
-                f"invalid model_id {model_id!r}: it is not a video model, and no AnimateDiff motion adapter is "
-                f"installed to animate {model.family} image models; /api/models lists video models under video_models",
+                f"invalid model_id {model_id!r}: it is not a video model, and no installed AnimateDiff motion "
+                f"adapter animates it ({model.family}); /api/models lists video models under video_models",
             )
         return VideoModel(
             model, adapter, ANIMATEDIFF, "t2v", adapter.options["resolutions"],
