@@ -23,6 +23,7 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 
 class Kind(StrEnum):
     CHECKPOINT = "checkpoint"
+    VIDEO = "video"
 
 
 class Format(StrEnum):
