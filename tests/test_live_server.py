@@ -31,7 +31,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     data_dir = tmp_path_factory.mktemp("live")
     port = free_port()
     command = [sys.executable, "-m", "daguerre", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The documented CPU-demo setting: the README's video examples render small, not at true 480p.
+    env = {**os.environ, "DAGUERRE_VIDEO__RESOLUTION_SCALE": "0.125"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -99,13 +101,15 @@ def test_health_answers_while_a_generation_runs(server: tuple[str, str]) -> None
         worker.join()
 
 
-def test_readme_python_examples_run(server: tuple[str, str]) -> None:
+def test_readme_python_examples_run(server: tuple[str, str], tmp_path: Path) -> None:
     url, token = server
     blocks = readme_blocks("python")
     assert blocks
     env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token}
     for code in blocks:
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, f"{code}\n{result.stderr}"
         assert "error_code" not in result.stdout or '"error_code": 1' not in result.stdout
 
