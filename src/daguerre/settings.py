@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_NEGATIVE_PROMPT = (
@@ -20,6 +20,23 @@ class Pricing(BaseSettings):
 
     image_rate: float = Field(0.5, ge=0, description="credits per 512x512 image at 30 steps")
     min_image_cost: float = Field(0.05, ge=0, description="floor per image, whatever its size")
+    upscale_rate: float = Field(0.5, ge=0, description="credits per output megapixel (1024x1024) of an upscale")
+    min_upscale_cost: float = Field(0.05, ge=0, description="floor per upscale, whatever its size")
+
+
+class Upscaling(BaseSettings):
+    """ESRGAN tiling and the size limit of /api/upscale; see docs/upscale.md."""
+
+    tile: int = Field(256, ge=16, description="side, in input pixels, of the tiles the upscaler sees one at a time")
+    tile_overlap: int = Field(32, ge=0, description="input pixels neighbouring tiles share, blended across the seam")
+    max_output_pixels: int = Field(4096 * 4096, ge=1, description="largest width x height an upscale may produce")
+
+    @model_validator(mode="after")
+    def _overlap_within_tile(self) -> Upscaling:
+        # Beyond half a tile, a tile's two blending ramps would cross.
+        if 2 * self.tile_overlap > self.tile:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be at most half of tile ({self.tile})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -45,6 +62,7 @@ class Settings(BaseSettings):
 
     default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     pricing: Pricing = Field(default_factory=Pricing)
+    upscale: Upscaling = Field(default_factory=Upscaling)
 
     @classmethod
     def settings_customise_sources(

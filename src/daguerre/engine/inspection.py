@@ -57,9 +57,30 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     return CheckpointInfo("single_file", "sd15")
 
 
+def inspect_upscaler(path: Path) -> CheckpointInfo:
+    """A super-resolution model spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, ...); loading it
+    is the only reliable check, and these files are small. Records its native scale."""
+    from spandrel import ImageModelDescriptor, ModelLoader  # spandrel imports torchvision: only here
+
+    if path.is_dir() or path.suffix not in (".pth", ".pt", ".ckpt", ".safetensors"):
+        raise UnsupportedModel(f"{path}: expected an upscaler's .pth or .safetensors file")
+    try:
+        descriptor = ModelLoader().load_from_file(path)
+    except Exception as exc:  # spandrel raises many kinds for files it does not recognise
+        raise UnsupportedModel(f"{path} is not a model spandrel can load: {exc}") from None
+    if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose != "SR":
+        raise UnsupportedModel(
+            f"{path} is a {descriptor.architecture.name} {descriptor.purpose} model, not a super-resolution upscaler"
+        )
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise UnsupportedModel(f"{path} is not an RGB upscaler ({descriptor.input_channels} input channels)")
+    return CheckpointInfo("single_file", descriptor.architecture.id.lower(), {"scale": descriptor.scale})
+
+
 # What `daguerre models add --kind K` runs to recognise a file of kind K.
 INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "checkpoint": inspect_checkpoint,
+    "upscaler": inspect_upscaler,
 }
 
 

@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
+from spandrel import ImageModelDescriptor
 
 from daguerre.engine.client import EngineClient
 from daguerre.engine.devices import pick_device, pick_dtype
-from daguerre.engine.jobs import EngineStatus, ImagesResult, Job, ModelSpec, TextToImageJob
+from daguerre.engine.jobs import EngineStatus, HiresFixJob, ImagesResult, Job, ModelSpec, TextToImageJob, UpscaleJob
 from daguerre.engine.loaders import load_text_to_image
 from daguerre.engine.model_cache import ModelCache
+from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.text_to_image import text_to_image
+from daguerre.engine.upscaling import load_upscaler, upscale
 from daguerre.errors import GenerationFailed, ServerBusy
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,12 @@ class LocalEngine(EngineClient):
                 loaded = self.pipeline(job.model)
                 images = text_to_image(loaded.pipe, loaded.scheduler_config, job)
                 return ImagesResult(tuple(images))
+            if isinstance(job, UpscaleJob):
+                return ImagesResult((upscale(self.upscaler(job.upscaler), job),))
+            if isinstance(job, HiresFixJob):
+                loaded = self.pipeline(job.render.model)
+                upscaler = self.upscaler(job.upscaler) if job.upscaler else None
+                return ImagesResult((hires_fix(loaded.pipe, loaded.scheduler_config, upscaler, job),))
             raise TypeError(f"unknown job type {type(job).__name__}")
         except Exception as exc:
             log.exception("job failed")
@@ -104,4 +113,7 @@ class LocalEngine(EngineClient):
             return LoadedPipeline(pipe, dict(pipe.scheduler.config))
 
         return self.cache.get(spec, load)
+
+    def upscaler(self, spec: ModelSpec) -> ImageModelDescriptor:
+        return self.cache.get(spec, lambda: load_upscaler(spec, self.device, self.dtype))
 

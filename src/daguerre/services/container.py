@@ -13,6 +13,7 @@ from daguerre.services.catalog import CatalogService
 from daguerre.services.inference import InferenceService
 from daguerre.services.inferences import InferenceStore
 from daguerre.services.storage import Storage
+from daguerre.services.upscale import UpscaleService
 from daguerre.settings import Settings
 
 
@@ -40,9 +41,11 @@ class Services:
     storage: Storage
     engine: EngineClient
     inference: InferenceService
+    upscale: UpscaleService
 
 
 def build_services(settings: Settings, database: Database, engine: EngineClient) -> Services:
     storage = Storage(settings.resolved_storage_url)
     inference = InferenceService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
-    return Services(settings, database.accounts, database.catalog, storage, engine, inference)
+    upscale = UpscaleService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
+    return Services(settings, database.accounts, database.catalog, storage, engine, inference, upscale)

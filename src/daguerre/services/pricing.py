@@ -13,3 +13,17 @@ def image_cost(pricing: Pricing, width: int, height: int, steps: int, num_images
     """cost = num_images * max(min_image_cost, image_rate * pixels/512² * steps/30), to 0.01."""
     per_image = pricing.image_rate * (width * height / _REFERENCE_PIXELS) * (steps / _REFERENCE_STEPS)
     return to_milli(round(num_images * max(pricing.min_image_cost, per_image), 2))
+
+
+_MEGAPIXEL = 1024 * 1024
+
+
+def upscale_cost(pricing: Pricing, width: int, height: int) -> int:
+    """cost = max(min_upscale_cost, upscale_rate * output pixels/1024²), to 0.01."""
+    return to_milli(round(max(pricing.min_upscale_cost, pricing.upscale_rate * width * height / _MEGAPIXEL), 2))
+
+
+def hires_fix_cost(pricing: Pricing, width: int, height: int, denoising_steps: int) -> int:
+    """The upscale's cost, plus one image at the output size for the denoising steps it runs."""
+    render = image_cost(pricing, width, height, denoising_steps, 1) if denoising_steps else 0
+    return upscale_cost(pricing, width, height) + render
