@@ -87,7 +87,7 @@ def upscale_tiled(model: ImageModelDescriptor, image: np.ndarray, tiling: Tiling
             band_top += shift
         row_weight = _ramp(row, len(rows), tile_h * scale, fade)
         for column, x in enumerate(columns):
-            pixels = torch.from_numpy(image[y : y + tile_h, x : x + tile_w]).permute(2, 0, 1).unsqueeze(0)
+            pixels = torch.tensor(image[y : y + tile_h, x : x + tile_w]).permute(2, 0, 1).unsqueeze(0)
             output = model(pixels.to(model.device, model.dtype).div_(255))[0].float().cpu()
             weight = row_weight[:, None] * column_weights[column][None, :]
             left, right = x * scale, (x + tile_w) * scale

@@ -154,6 +154,7 @@ class UpscaleService:
             "source_inf_id": source.id,
             "source": key,
             "strength": request.strength,
+            "seed": seed,
             "upscaler": upscaler.id if upscaler else None,
         }
         return _Plan(

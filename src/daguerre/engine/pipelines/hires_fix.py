@@ -29,8 +29,9 @@ def hires_fix(
     upscaled = upscale_image(upscaler, source, render.width, render.height, job.tiling)
     if job.denoising_steps == 0:
         return encode_png(upscaled)  # nothing to re-render; diffusers would fail on zero steps
-    # from_pipe shares the loaded components: no reload, no extra weights in memory.
-    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    # Built on the loaded components: no reload, no extra weights. (from_pipe would do the same but
+    # also casts the shared components, to float32 unless told otherwise, and logs it each time.)
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
     img2img.scheduler = make_scheduler(render.scheduler, base_scheduler_config)
     prompt_embeds, negative_embeds = encode_prompt_pair(
