@@ -60,14 +60,19 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
 def inspect_upscaler(path: Path) -> CheckpointInfo:
     """A super-resolution model spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, ...); loading it
     is the only reliable check, and these files are small. Records its native scale."""
-    from spandrel import ImageModelDescriptor, ModelLoader  # spandrel imports torchvision: only here
+    # spandrel imports torchvision: only when an upscaler is inspected.
+    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
     if path.is_dir() or path.suffix not in (".pth", ".pt", ".ckpt", ".safetensors"):
         raise UnsupportedModel(f"{path}: expected an upscaler's .pth or .safetensors file")
     try:
         descriptor = ModelLoader().load_from_file(path)
-    except Exception as exc:  # spandrel raises many kinds for files it does not recognise
-        raise UnsupportedModel(f"{path} is not a model spandrel can load: {exc}") from None
+    except UnsupportedModelError:
+        raise UnsupportedModel(
+            f"{path} is not a model architecture spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, ...)"
+        ) from None
+    except Exception as exc:  # unpickling and safetensors raise many kinds for unreadable files
+        raise UnsupportedModel(f"{path} could not be read as a model: {exc}") from None
     if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose != "SR":
         raise UnsupportedModel(
             f"{path} is a {descriptor.architecture.name} {descriptor.purpose} model, not a super-resolution upscaler"
