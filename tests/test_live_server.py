@@ -30,7 +30,7 @@ def free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data_dir = tmp_path_factory.mktemp("live")
     port = free_port()
-    command = [sys.executable, "-m", "daguerre.cli", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "daguerre", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -78,8 +78,8 @@ def test_health_answers_while_a_generation_runs(server: tuple[str, str]) -> None
     def generate() -> None:
         httpx.post(
             f"{url}/api/inference",
-            data={"access_token": token, "model_id": "demo", "prompt": "p", "width": 512, "height": 512,
-                  "steps": 20, "num_images": 1},
+            data={"access_token": token, "model_id": "demo", "prompt": "p", "width": 256, "height": 256,
+                  "steps": 12, "num_images": 1},
             timeout=300,
         )
         done.set()
