@@ -46,15 +46,24 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-def _ramp(index: int, count: int, size: int, fade: int) -> torch.Tensor:
-    weights = torch.ones(size)
-    if fade:
+def _blend_weights(starts: list[int], size: int, fade: int) -> list[torch.Tensor]:
+    """Each tile's weights along one axis (output pixels): ramping up over `fade` pixels from a
+    side that has a neighbour, then divided by their sum so that at every pixel the tiles' weights
+    add up to 1. Rows and columns share one grid, so the 2-D weights (outer products) add up to 1
+    as well: the band accumulates final values, with no weight buffer or division."""
+    ramps = []
+    for index in range(len(starts)):
+        ramp = torch.ones(size)
         edge = (torch.arange(fade) + 0.5) / fade
-        if index > 0:
-            weights[:fade] = edge
-        if index < count - 1:
-            weights[-fade:] = edge.flip(0)
-    return weights
+        if fade and index > 0:
+            ramp[:fade] = edge
+        if fade and index < len(starts) - 1:
+            ramp[-fade:] = edge.flip(0)
+        ramps.append(ramp)
+    total = torch.zeros(starts[-1] + size)
+    for start, ramp in zip(starts, ramps, strict=True):
+        total[start : start + size] += ramp
+    return [ramp / total[start : start + size] for start, ramp in zip(starts, ramps, strict=True)]
 
 
 def _to_uint8(values: torch.Tensor) -> np.ndarray:
@@ -71,29 +80,25 @@ def upscale_tiled(model: ImageModelDescriptor, image: np.ndarray, tiling: Tiling
     rows = tile_starts(height, tiling.tile, tiling.overlap)
     columns = tile_starts(width, tiling.tile, tiling.overlap)
     fade = tiling.overlap * scale
-    column_weights = [_ramp(i, len(columns), tile_w * scale, fade) for i in range(len(columns))]
+    row_weights = _blend_weights([y * scale for y in rows], tile_h * scale, fade)
+    column_weights = _blend_weights([x * scale for x in columns], tile_w * scale, fade)
 
     result = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
     band = torch.zeros(3, tile_h * scale, width * scale)
-    band_weight = torch.zeros(tile_h * scale, width * scale)
     band_top = 0  # output row of the band's first row
     for row, y in enumerate(rows):
         shift = y * scale - band_top
         if shift:
             # Rows above this tile row are final: no later tile reaches them.
-            result[band_top : band_top + shift] = _to_uint8(band[:, :shift] / band_weight[:shift])
+            result[band_top : band_top + shift] = _to_uint8(band[:, :shift])
             band = torch.cat([band[:, shift:], torch.zeros(3, shift, width * scale)], dim=1)
-            band_weight = torch.cat([band_weight[shift:], torch.zeros(shift, width * scale)])
             band_top += shift
-        row_weight = _ramp(row, len(rows), tile_h * scale, fade)
         for column, x in enumerate(columns):
             pixels = torch.tensor(image[y : y + tile_h, x : x + tile_w]).permute(2, 0, 1).unsqueeze(0)
             output = model(pixels.to(model.device, model.dtype).div_(255))[0].float().cpu()
-            weight = row_weight[:, None] * column_weights[column][None, :]
-            left, right = x * scale, (x + tile_w) * scale
-            band[:, :, left:right] += output * weight
-            band_weight[:, left:right] += weight
-    result[band_top:] = _to_uint8(band / band_weight)
+            weight = row_weights[row][:, None] * column_weights[column][None, :]
+            band[:, :, x * scale : (x + tile_w) * scale].addcmul_(output, weight)
+    result[band_top:] = _to_uint8(band)
     return result
 
 
