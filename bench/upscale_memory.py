@@ -41,7 +41,8 @@ def measure(model_path: str, side: int, tile: int, overlap: int) -> dict[str, fl
     from daguerre.engine.jobs import ModelSpec, Tiling
     from daguerre.engine.upscaling import load_upscaler, upscale_tiled
 
-    model = load_upscaler(ModelSpec("bench", "1", model_path, "single_file", "esrgan"), torch.device("cpu"), torch.float32)
+    spec = ModelSpec("bench", "1", model_path, "single_file", "esrgan")
+    model = load_upscaler(spec, torch.device("cpu"), torch.float32)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     tiling = Tiling(tile, overlap)

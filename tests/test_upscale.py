@@ -138,7 +138,8 @@ def test_the_url_must_be_an_image_of_that_inference(up: Api) -> None:
 def test_output_beyond_the_size_limit_is_refused_before_charging(
     settings: Settings, engine: LocalEngine, tiny_sd15: Path, tiny_upscalers: dict[int, Path]
 ) -> None:
-    limited = settings.model_copy(update={"upscale": settings.upscale.model_copy(update={"max_output_pixels": 300 * 300})})
+    upscaling = settings.upscale.model_copy(update={"max_output_pixels": 300 * 300})
+    limited = settings.model_copy(update={"upscale": upscaling})
     with TestClient(create_app(limited, engine=engine), base_url="http://testserver") as client:
         services = client.app.state.services  # type: ignore[attr-defined]
         services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))

@@ -16,10 +16,11 @@ from daguerre.engine.upscaling import load_upscaler, tile_starts, upscale_image,
 
 @pytest.fixture(scope="module")
 def models(tiny_upscalers: dict[int, Path]) -> dict[int, ImageModelDescriptor]:
-    return {
-        scale: load_upscaler(ModelSpec(f"x{scale}", "1", str(path), "single_file", "esrgan"), torch.device("cpu"), torch.float32)
-        for scale, path in tiny_upscalers.items()
-    }
+    def load(scale: int, path: Path) -> ImageModelDescriptor:
+        spec = ModelSpec(f"x{scale}", "1", str(path), "single_file", "esrgan")
+        return load_upscaler(spec, torch.device("cpu"), torch.float32)
+
+    return {scale: load(scale, path) for scale, path in tiny_upscalers.items()}
 
 
 def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -76,4 +77,5 @@ def test_fractional_sizes_run_the_model_until_reached_then_lanczos(models: dict[
     assert np.array_equal(np.asarray(result), np.asarray(expected))
     # Without a model, Lanczos does it all.
     plain = upscale_image(None, Image.fromarray(image), 100, 75, tiling)
-    assert np.array_equal(np.asarray(plain), np.asarray(Image.fromarray(image).resize((100, 75), Image.Resampling.LANCZOS)))
+    lanczos = Image.fromarray(image).resize((100, 75), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(plain), np.asarray(lanczos))

@@ -120,7 +120,7 @@ def models_add(
     path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt/.pth file")],
     title: Annotated[str, typer.Option(help="Display title")],
     kind: Annotated[
-        str, typer.Option(help="What the file is: checkpoint (an image model) or upscaler (ESRGAN-family .pth/.safetensors)")
+        str, typer.Option(help="What the file is: checkpoint (an image model) or upscaler (an ESRGAN-family model)")
     ] = "checkpoint",
     model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
     version: Annotated[str | None, typer.Option(help="Version name; the newest added is the latest")] = None,
