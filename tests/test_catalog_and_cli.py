@@ -33,7 +33,7 @@ def test_tokens_and_credits(tmp_path: Path) -> None:
     listing = cli(tmp_path, "tokens", "list")
     assert token[:8] in listing and "alice" in listing and "12.5" in listing and token not in listing
     assert "now has 20 credits" in cli(tmp_path, "credits", "add", token, "7.5")
-    assert "now has 25 credits" in cli(tmp_path, "credits", "add", token[:8], "5")
+    assert "now has 25 credits" in cli(tmp_path, "credits", "add", token[:6], "5")
     accounts = open_database(Settings(data_dir=tmp_path)).accounts
     assert accounts.authenticate(token).balance == 25
     failed = runner.invoke(app, ["credits", "add", "nosuchtoken", "1", "--data-dir", str(tmp_path)])

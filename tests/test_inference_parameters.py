@@ -186,3 +186,12 @@ def test_schema_defaults_match_the_contract() -> None:
         "seed": -1,
         "scheduler": None,
     }
+
+
+def test_empty_fields_and_json_nulls_mean_not_given(recorded_api: Api, recorder: RecordingEngine) -> None:
+    recorded_api.post("/api/inference", **REQUIRED, width="", seed="", scheduler="")
+    client = recorded_api.client
+    payload = {"access_token": recorded_api.token, **REQUIRED, "height": None, "scale": None}
+    assert client.post("/api/inference", json=payload).json()["error_code"] == 0
+    first, second = recorder.jobs
+    assert (first.width, first.scheduler, second.height, second.guidance_scale) == (512, "DPMSolverMultistep", 768, 7.5)

@@ -14,17 +14,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from diffusers import StableDiffusionPipeline
 from spandrel import ImageModelDescriptor
 
 from daguerre.engine.client import EngineClient
 from daguerre.engine.devices import pick_device, pick_dtype
-from daguerre.engine.jobs import EngineStatus, HiresFixJob, ImagesResult, Job, ModelSpec, TextToImageJob, UpscaleJob
+from daguerre.engine.jobs import (
+    EngineStatus,
+    HiresFixJob,
+    ImagesResult,
+    Job,
+    ModelSpec,
+    Result,
+    TextToImageJob,
+    UpscaleJob,
+    VideoJob,
+    VideoResult,
+)
 from daguerre.engine.loaders import load_text_to_image
 from daguerre.engine.model_cache import ModelCache
+from daguerre.engine.pipelines import video
 from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.text_to_image import text_to_image
 from daguerre.engine.upscaling import load_upscaler, upscale
+from daguerre.engine.video_encoding import encode_mp4
 from daguerre.errors import GenerationFailed, ServerBusy
 
 log = logging.getLogger(__name__)
@@ -37,6 +51,22 @@ class LoadedPipeline:
     scheduler_config: dict
 
 
+@dataclass(frozen=True)
+class AnimatedKey:
+    """Cache key of an SD checkpoint animated by an AnimateDiff motion adapter."""
+
+    base: ModelSpec
+    adapter: ModelSpec
+
+    @property
+    def id(self) -> str:
+        return f"{self.base.id}+{self.adapter.id}"
+
+    @property
+    def version(self) -> str:
+        return f"{self.base.version}+{self.adapter.version}"
+
+
 class LocalEngine(EngineClient):
     def __init__(
         self,
@@ -45,12 +75,16 @@ class LocalEngine(EngineClient):
         dtype: str = "auto",
         max_loaded_models: int = 2,
         max_queue: int = 32,
+        video_cpu_offload: bool = False,
+        video_vae_tiling: bool = True,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.cache = ModelCache(max_loaded_models)
         self._cache_dir = cache_dir
         self._max_queue = max_queue
+        self._video_cpu_offload = video_cpu_offload
+        self._video_vae_tiling = video_vae_tiling
         self._pending = 0
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -73,7 +107,7 @@ class LocalEngine(EngineClient):
             loaded_models=tuple(f"{k.id}@{k.version}" for k in self.cache.keys()),  # type: ignore[attr-defined]
         )
 
-    async def submit(self, job: Job) -> ImagesResult:
+    async def submit(self, job: Job) -> Result:
         if self._executor is None:
             raise RuntimeError("engine not started")
         with self._lock:
@@ -82,14 +116,17 @@ class LocalEngine(EngineClient):
                     f"server busy: {self._pending} jobs are queued (max_queue {self._max_queue}); try again shortly"
                 )
             self._pending += 1
-        try:
-            future = self._executor.submit(self.run, job)
-            return await asyncio.wrap_future(future)
-        finally:
-            with self._lock:
-                self._pending -= 1
+        future = self._executor.submit(self.run, job)
+        # Released when the job ends, not when its caller stops waiting: a request cancelled by a
+        # client disconnect still occupies the worker until its job finishes.
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
 
-    def run(self, job: Job) -> ImagesResult:
+    def _release(self, _future: object) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def run(self, job: Job) -> Result:
         """Run one job on this thread; public so benchmarks and tests can call it directly."""
         try:
             if isinstance(job, TextToImageJob):
@@ -102,6 +139,8 @@ class LocalEngine(EngineClient):
                 loaded = self.pipeline(job.render.model)
                 upscaler = self.upscaler(job.upscaler) if job.upscaler else None
                 return ImagesResult((hires_fix(loaded.pipe, loaded.scheduler_config, upscaler, job),))
+            if isinstance(job, VideoJob):
+                return VideoResult(encode_mp4(self.video_frames(job), job.fps))
             raise TypeError(f"unknown job type {type(job).__name__}")
         except Exception as exc:
             log.exception("job failed")
@@ -117,3 +156,21 @@ class LocalEngine(EngineClient):
     def upscaler(self, spec: ModelSpec) -> ImageModelDescriptor:
         return self.cache.get(spec, lambda: load_upscaler(spec, self.device, self.dtype))
 
+    def video_frames(self, job: VideoJob) -> np.ndarray:
+        if job.architecture == "wan":
+            pipe = self.cache.get(
+                job.model,
+                lambda: video.load_wan(
+                    job.model, self.device, self.dtype, self._video_cpu_offload, self._video_vae_tiling
+                ),
+            )
+            return video.run_wan(pipe, job)
+        if job.motion_adapter is None:
+            raise ValueError("an AnimateDiff job needs a motion adapter")
+        base = self.pipeline(job.model)
+        adapter = job.motion_adapter
+        pipe = self.cache.get(
+            AnimatedKey(job.model, adapter),
+            lambda: video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype)),
+        )
+        return video.run_animatediff(pipe, base.scheduler_config, job)

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.tables import CatalogModel, ModelVersion
@@ -24,6 +24,7 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 class Kind(StrEnum):
     CHECKPOINT = "checkpoint"
     UPSCALER = "upscaler"  # a super-resolution model spandrel loads; options["scale"] is its native factor
+    VIDEO = "video"
 
 
 class Format(StrEnum):
@@ -158,12 +159,10 @@ class CatalogService:
 
     def remove(self, model_id: str) -> None:
         with self._sessions.begin() as session:
-            model = session.get(CatalogModel, model_id)
-            if model is None:
+            if session.get(CatalogModel, model_id) is None:
                 raise NotFound(f"model {model_id!r} not found")
-            for version in session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id)):
-                session.delete(version)
-            session.delete(model)
+            session.execute(delete(ModelVersion).where(ModelVersion.model_id == model_id))
+            session.execute(delete(CatalogModel).where(CatalogModel.id == model_id))
 
     @staticmethod
     def _new_id(session: Session) -> str:

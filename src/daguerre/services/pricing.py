@@ -27,3 +27,22 @@ def hires_fix_cost(pricing: Pricing, width: int, height: int, denoising_steps: i
     """The upscale's cost, plus one image at the output size for the denoising steps it runs."""
     render = image_cost(pricing, width, height, denoising_steps, 1) if denoising_steps else 0
     return upscale_cost(pricing, width, height) + render
+
+
+_REFERENCE_VIDEO_PIXELS = 832 * 480
+_REFERENCE_FRAMES = 81
+
+
+def video_cost(pricing: Pricing, width: int, height: int, num_frames: int, steps: int) -> int:
+    """cost = max(min_video_cost, video_rate * pixels/(832x480) * frames/81 * steps/30), to 0.01.
+
+    Both the transformer's work and the VAE's grow with pixels times frames, so the price does too;
+    width and height are the resolution's nominal size (832x480, 1280x720).
+    """
+    per_clip = (
+        pricing.video_rate
+        * (width * height / _REFERENCE_VIDEO_PIXELS)
+        * (num_frames / _REFERENCE_FRAMES)
+        * (steps / _REFERENCE_STEPS)
+    )
+    return to_milli(round(max(pricing.min_video_cost, per_clip), 2))
