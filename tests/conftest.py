@@ -20,7 +20,7 @@ from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import EngineStatus, ImagesResult
 from daguerre.engine.local import LocalEngine
 from daguerre.engine.skeletons import skeleton_of
-from daguerre.engine.tiny_models import build_tiny_sd15, export_single_file
+from daguerre.engine.tiny_models import build_tiny_rrdbnet, build_tiny_sd15, export_single_file
 from daguerre.errors import GenerationFailed
 from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings
@@ -39,6 +39,13 @@ def tiny_single_file(tiny_sd15: Path, tmp_path_factory: pytest.TempPathFactory) 
     folder = tmp_path_factory.mktemp("single")
     checkpoint = export_single_file(tiny_sd15, folder / "tiny-sd15.safetensors")
     return checkpoint, skeleton_of(tiny_sd15, folder / "skeleton")
+
+
+@pytest.fixture(scope="session")
+def tiny_upscalers(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Tiny random RRDBNet upscalers in Real-ESRGAN's release layout, by native scale."""
+    folder = tmp_path_factory.mktemp("upscalers")
+    return {scale: build_tiny_rrdbnet(folder / f"tiny-x{scale}.pth", scale) for scale in (2, 4)}
 
 
 @pytest.fixture(scope="session")

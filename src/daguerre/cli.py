@@ -121,9 +121,15 @@ def credits_add(
 
 @models_app.command("add")
 def models_add(
-    path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt file")],
+    path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt/.pth file")],
     title: Annotated[str, typer.Option(help="Display title")],
-    kind: Annotated[str, typer.Option(help="What the file is: checkpoint (an image model) or video (docs/video.md)")] = "checkpoint",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="What the file is: checkpoint (an image model), upscaler (an ESRGAN-family model, docs/upscale.md) "
+            "or video (docs/video.md)"
+        ),
+    ] = "checkpoint",
     model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
     version: Annotated[str | None, typer.Option(help="Version name; the newest added is the latest")] = None,
     default_scale: Annotated[float | None, typer.Option(help="Guidance scale when a request gives none")] = None,

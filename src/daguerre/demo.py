@@ -1,4 +1,5 @@
-"""The demo: a tiny random-weight SD 1.5-topology model, built locally, and a token to try it."""
+"""The demo: tiny random-weight models (an SD 1.5-topology image model, x2/x4 ESRGAN upscalers and
+video models), built locally, and a token to try them."""
 
 from __future__ import annotations
 
@@ -37,6 +38,39 @@ def install_demo_model(settings: Settings, catalog: CatalogService) -> ModelReco
             tags=["demo", "random-weights"],
         )
     )
+
+
+def install_demo_upscalers(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:
+    """Idempotent: builds and registers tiny x2 and x4 RRDBNet upscalers (ids demo-esrgan-x2 and
+    demo-esrgan-x4) only if they are not there."""
+    from daguerre.engine.inspection import inspect_model  # torch only when building
+    from daguerre.engine.tiny_models import build_tiny_rrdbnet
+
+    records = []
+    for scale in (2, 4):
+        model_id = f"demo-esrgan-x{scale}"
+        try:
+            records.append(catalog.get(model_id))
+            continue
+        except NotFound:
+            pass
+        path = settings.models_dir / f"{model_id}.pth"
+        if not path.exists():
+            build_tiny_rrdbnet(path, scale)
+        info = inspect_model(Kind.UPSCALER, path)
+        new = NewModel(
+            path=path,
+            format=Format(info.format),
+            kind=Kind.UPSCALER,
+            id=model_id,
+            version="1",
+            title=f"Demo ESRGAN x{scale} (tiny random weights: draws noise)",
+            family=info.family,
+            tags=["demo", "random-weights"],
+            options=info.options,
+        )
+        records.append(catalog.add(new))
+    return records
 
 
 def install_demo_video_models(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:
@@ -99,7 +133,11 @@ def install_demo(settings: Settings, catalog: CatalogService) -> None:
         install(settings, catalog)
 
 
-DEMO_INSTALLERS: list[Callable[[Settings, CatalogService], object]] = [install_demo_model, install_demo_video_models]
+DEMO_INSTALLERS: list[Callable[[Settings, CatalogService], object]] = [
+    install_demo_model,
+    install_demo_upscalers,
+    install_demo_video_models,
+]
 
 
 def demo_token(settings: Settings, accounts: AccountService) -> str:

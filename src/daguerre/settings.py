@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_NEGATIVE_PROMPT = (
@@ -20,8 +20,25 @@ class Pricing(BaseModel):
 
     image_rate: float = Field(0.5, ge=0, description="credits per 512x512 image at 30 steps")
     min_image_cost: float = Field(0.05, ge=0, description="floor per image, whatever its size")
+    upscale_rate: float = Field(0.5, ge=0, description="credits per output megapixel (1024x1024) of an upscale")
+    min_upscale_cost: float = Field(0.05, ge=0, description="floor per upscale, whatever its size")
     video_rate: float = Field(12.0, ge=0, description="credits per 832x480 clip of 81 frames at 30 steps")
     min_video_cost: float = Field(0.5, ge=0, description="floor per clip, whatever its size")
+
+
+class Upscaling(BaseModel):
+    """ESRGAN tiling and the size limit of /api/upscale; see docs/upscale.md."""
+
+    tile: int = Field(256, ge=16, description="side, in input pixels, of the tiles the upscaler sees one at a time")
+    tile_overlap: int = Field(32, ge=0, description="input pixels neighbouring tiles share, blended across the seam")
+    max_output_pixels: int = Field(4096 * 4096, ge=1, description="largest width x height an upscale may produce")
+
+    @model_validator(mode="after")
+    def _overlap_within_tile(self) -> Upscaling:
+        # Beyond half a tile, a tile's two blending ramps would cross.
+        if 2 * self.tile_overlap > self.tile:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be at most half of tile ({self.tile})")
+        return self
 
 
 class VideoSettings(BaseSettings):
@@ -71,6 +88,7 @@ class Settings(BaseSettings):
 
     default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     pricing: Pricing = Field(default_factory=Pricing)
+    upscale: Upscaling = Field(default_factory=Upscaling)
     video: VideoSettings = Field(default_factory=VideoSettings)
     remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
 

@@ -57,6 +57,31 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     return CheckpointInfo("single_file", "sd15")
 
 
+def inspect_upscaler(path: Path) -> CheckpointInfo:
+    """A super-resolution model spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, ...); loading it
+    is the only reliable check, and these files are small. Records its native scale."""
+    # spandrel imports torchvision: only when an upscaler is inspected.
+    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+
+    if path.is_dir() or path.suffix not in (".pth", ".pt", ".ckpt", ".safetensors"):
+        raise UnsupportedModel(f"{path}: expected an upscaler's .pth or .safetensors file")
+    try:
+        descriptor = ModelLoader().load_from_file(path)
+    except UnsupportedModelError:
+        raise UnsupportedModel(
+            f"{path} is not a model architecture spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, ...)"
+        ) from None
+    except Exception as exc:  # unpickling and safetensors raise many kinds for unreadable files
+        raise UnsupportedModel(f"{path} could not be read as a model: {exc}") from None
+    if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose != "SR":
+        raise UnsupportedModel(
+            f"{path} is a {descriptor.architecture.name} {descriptor.purpose} model, not a super-resolution upscaler"
+        )
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise UnsupportedModel(f"{path} is not an RGB upscaler ({descriptor.input_channels} input channels)")
+    return CheckpointInfo("single_file", descriptor.architecture.id.lower(), {"scale": descriptor.scale})
+
+
 def _json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -115,6 +140,7 @@ def inspect_video(path: Path) -> CheckpointInfo:
 # What `daguerre models add --kind K` runs to recognise a file of kind K.
 INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "checkpoint": inspect_checkpoint,
+    "upscaler": inspect_upscaler,
     "video": inspect_video,
 }
 

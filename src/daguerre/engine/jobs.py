@@ -33,6 +33,37 @@ class TextToImageJob:
 
 
 @dataclass(frozen=True)
+class Tiling:
+    tile: int  # side of a tile, in input pixels
+    overlap: int  # input pixels neighbouring tiles share
+
+
+@dataclass(frozen=True)
+class UpscaleJob:
+    upscaler: ModelSpec
+    image: bytes  # the source image, encoded (PNG)
+    width: int  # exact output size
+    height: int
+    tiling: Tiling
+
+
+@dataclass(frozen=True)
+class HiresFixJob:
+    # The original render, at the output size and with the source image's own seed; whatever the
+    # text-to-image job carries (LoRA included, once it does) travels with it.
+    render: TextToImageJob
+    image: bytes  # the source image, encoded (PNG)
+    strength: float
+    upscaler: ModelSpec | None  # None: Lanczos
+    tiling: Tiling
+
+    @property
+    def denoising_steps(self) -> int:
+        # diffusers' image-to-image runs this many of the `steps`.
+        return min(int(self.render.steps * self.strength), self.render.steps)
+
+
+@dataclass(frozen=True)
 class VideoJob:
     """Text-to-video (Wan, or AnimateDiff on an SD 1.5 checkpoint) or image-to-video (Wan)."""
 
@@ -51,7 +82,7 @@ class VideoJob:
     image: bytes | None = None  # image-to-video: the first frame, PNG-encoded at width x height
 
 
-Job = TextToImageJob | VideoJob
+Job = TextToImageJob | UpscaleJob | HiresFixJob | VideoJob
 
 
 @dataclass(frozen=True)

@@ -16,23 +16,28 @@ from pathlib import Path
 
 import numpy as np
 from diffusers import StableDiffusionPipeline
+from spandrel import ImageModelDescriptor
 
 from daguerre.engine.client import EngineClient
 from daguerre.engine.devices import pick_device, pick_dtype
 from daguerre.engine.jobs import (
     EngineStatus,
+    HiresFixJob,
     ImagesResult,
     Job,
     ModelSpec,
     Result,
     TextToImageJob,
+    UpscaleJob,
     VideoJob,
     VideoResult,
 )
 from daguerre.engine.loaders import load_text_to_image
 from daguerre.engine.model_cache import ModelCache
 from daguerre.engine.pipelines import video
+from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.text_to_image import text_to_image
+from daguerre.engine.upscaling import load_upscaler, upscale
 from daguerre.engine.video_encoding import encode_mp4
 from daguerre.errors import GenerationFailed, ServerBusy
 
@@ -128,6 +133,12 @@ class LocalEngine(EngineClient):
                 loaded = self.pipeline(job.model)
                 images = text_to_image(loaded.pipe, loaded.scheduler_config, job)
                 return ImagesResult(tuple(images))
+            if isinstance(job, UpscaleJob):
+                return ImagesResult((upscale(self.upscaler(job.upscaler), job),))
+            if isinstance(job, HiresFixJob):
+                loaded = self.pipeline(job.render.model)
+                upscaler = self.upscaler(job.upscaler) if job.upscaler else None
+                return ImagesResult((hires_fix(loaded.pipe, loaded.scheduler_config, upscaler, job),))
             if isinstance(job, VideoJob):
                 return VideoResult(encode_mp4(self.video_frames(job), job.fps))
             raise TypeError(f"unknown job type {type(job).__name__}")
@@ -141,6 +152,9 @@ class LocalEngine(EngineClient):
             return LoadedPipeline(pipe, dict(pipe.scheduler.config))
 
         return self.cache.get(spec, load)
+
+    def upscaler(self, spec: ModelSpec) -> ImageModelDescriptor:
+        return self.cache.get(spec, lambda: load_upscaler(spec, self.device, self.dtype))
 
     def video_frames(self, job: VideoJob) -> np.ndarray:
         if job.architecture == "wan":

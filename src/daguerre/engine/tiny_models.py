@@ -100,6 +100,43 @@ def export_single_file(pipeline_folder: Path, checkpoint: Path) -> Path:
     return checkpoint
 
 
+def build_tiny_rrdbnet(path: Path, scale: int, seed: int = 0, num_feat: int = 16, num_block: int = 1) -> Path:
+    """Write a tiny random RRDBNet (ESRGAN / Real-ESRGAN) in BasicSR's key layout, as Real-ESRGAN's
+    releases ship it: `{"params_ema": ...}` in a .pth, or the bare state dict in a .safetensors.
+
+    As in BasicSR, x2 folds the input with a 2x pixel-unshuffle (12 input channels) and then
+    upsamples 4x like x4 does. Growth channels stay at 32, which spandrel assumes. Weights are scaled
+    so the output varies with the input around mid-grey instead of saturating.
+    """
+    if scale not in (2, 4):
+        raise ValueError(f"scale must be 2 or 4, not {scale}")
+    generator = torch.Generator().manual_seed(seed)
+    growth = 32
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, out_channels: int, in_channels: int, gain: float = 1.0, bias: float = 0.0) -> None:
+        std = gain * (2.0 / (in_channels * 9)) ** 0.5  # He initialisation, scaled
+        state[f"{name}.weight"] = torch.randn(out_channels, in_channels, 3, 3, generator=generator) * std
+        state[f"{name}.bias"] = torch.full((out_channels,), bias)
+
+    conv("conv_first", num_feat, 3 * (4 if scale == 2 else 1))
+    for block in range(num_block):
+        for rdb in (1, 2, 3):
+            for index in range(1, 6):
+                # BasicSR scales the dense blocks' initial weights by 0.1 as well.
+                out_channels = num_feat if index == 5 else growth
+                conv(f"body.{block}.rdb{rdb}.conv{index}", out_channels, num_feat + (index - 1) * growth, 0.1)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        conv(name, num_feat, num_feat)
+    conv("conv_last", 3, num_feat, 0.1, 0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"params_ema": state}, path)
+    return path
+
+
 def _tiny_t5_tokenizer():  # type: ignore[no-untyped-def]
     """A T5-style (Unigram, SentencePiece-like) tokenizer over single characters.
 

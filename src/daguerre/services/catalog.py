@@ -23,6 +23,7 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 
 class Kind(StrEnum):
     CHECKPOINT = "checkpoint"
+    UPSCALER = "upscaler"  # a super-resolution model spandrel loads; options["scale"] is its native factor
     VIDEO = "video"
 
 

@@ -14,6 +14,7 @@ from daguerre.services.inference import InferenceService
 from daguerre.services.inferences import InferenceStore
 from daguerre.services.remote_images import RemoteImages
 from daguerre.services.storage import Storage
+from daguerre.services.upscale import UpscaleService
 from daguerre.services.video import VideoService
 from daguerre.settings import Settings
 
@@ -42,14 +43,16 @@ class Services:
     storage: Storage
     engine: EngineClient
     inference: InferenceService
+    upscale: UpscaleService
     video: VideoService
 
 
 def build_services(settings: Settings, database: Database, engine: EngineClient) -> Services:
     storage = Storage(settings.resolved_storage_url)
     inference = InferenceService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
+    upscale = UpscaleService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
     images = RemoteImages(settings.remote_images, storage)
     video = VideoService(
         settings, database.accounts, database.catalog, database.inferences, storage, engine, images
     )
-    return Services(settings, database.accounts, database.catalog, storage, engine, inference, video)
+    return Services(settings, database.accounts, database.catalog, storage, engine, inference, upscale, video)

@@ -44,6 +44,15 @@ def join_negative(negative_prompt: str, default: str) -> str:
     return ", ".join(p for p in (negative_prompt.strip(), default.strip()) if p)
 
 
+def undo_charge(
+    accounts: AccountService, inferences: InferenceStore, token_id: int, cost: int, inf_id: str, exc: BaseException
+) -> None:
+    """Failed work costs nothing: refund the charge and mark the record failed."""
+    message = exc.message if isinstance(exc, DaguerreError) else type(exc).__name__
+    accounts.refund(token_id, cost, inf_id, note=message)
+    inferences.fail(inf_id, message)
+
+
 class InferenceService:
     def __init__(
         self,
@@ -96,7 +105,7 @@ class InferenceService:
             await to_thread.run_sync(self._store_all, keys, result.images)
             await to_thread.run_sync(self.inferences.finish, inf_id, keys)
         except BaseException as exc:
-            await to_thread.run_sync(self._undo, token.id, cost, inf_id, exc)
+            await to_thread.run_sync(undo_charge, self.accounts, self.inferences, token.id, cost, inf_id, exc)
             raise
         return InferenceResponse(
             images=[f"{base_url}/files/{key}" for key in keys],
@@ -108,8 +117,3 @@ class InferenceService:
     def _store_all(self, keys: list[str], blobs: tuple[bytes, ...]) -> None:
         for key, blob in zip(keys, blobs, strict=True):
             self.storage.put(key, blob)
-
-    def _undo(self, token_id: int, cost: int, inf_id: str, exc: BaseException) -> None:
-        message = exc.message if isinstance(exc, DaguerreError) else type(exc).__name__
-        self.accounts.refund(token_id, cost, inf_id, note=message)
-        self.inferences.fail(inf_id, message)

@@ -15,6 +15,20 @@ def image_cost(pricing: Pricing, width: int, height: int, steps: int, num_images
     return to_milli(round(num_images * max(pricing.min_image_cost, per_image), 2))
 
 
+_MEGAPIXEL = 1024 * 1024
+
+
+def upscale_cost(pricing: Pricing, width: int, height: int) -> int:
+    """cost = max(min_upscale_cost, upscale_rate * output pixels/1024²), to 0.01."""
+    return to_milli(round(max(pricing.min_upscale_cost, pricing.upscale_rate * width * height / _MEGAPIXEL), 2))
+
+
+def hires_fix_cost(pricing: Pricing, width: int, height: int, denoising_steps: int) -> int:
+    """The upscale's cost, plus one image at the output size for the denoising steps it runs."""
+    render = image_cost(pricing, width, height, denoising_steps, 1) if denoising_steps else 0
+    return upscale_cost(pricing, width, height) + render
+
+
 _REFERENCE_VIDEO_PIXELS = 832 * 480
 _REFERENCE_FRAMES = 81
 
