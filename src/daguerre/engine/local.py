@@ -11,17 +11,32 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline
+from diffusers import ControlNetModel, StableDiffusionPipeline
+from PIL import Image
 
 from daguerre.engine.client import EngineClient
 from daguerre.engine.devices import pick_device, pick_dtype
-from daguerre.engine.jobs import EngineStatus, ImagesResult, Job, ModelSpec, TextToImageJob
+from daguerre.engine.annotators import Annotator, canny, load_annotator
+from daguerre.engine.jobs import (
+    AuxiliarySpec,
+    ControlNetJob,
+    EngineStatus,
+    ImageToImageJob,
+    ImagesResult,
+    Job,
+    ModelSpec,
+    TextToImageJob,
+)
 from daguerre.engine.loaders import load_text_to_image
+from daguerre.engine.lora import activate_loras
 from daguerre.engine.model_cache import ModelCache
-from daguerre.engine.pipelines.text_to_image import text_to_image
+from daguerre.engine.pipelines.controlnet import controlnet_images
+from daguerre.engine.pipelines.image_to_image import image_to_image
+from daguerre.engine.pipelines.text_to_image import encode_png, text_to_image
 from daguerre.errors import GenerationFailed, ServerBusy
 
 log = logging.getLogger(__name__)
@@ -32,6 +47,8 @@ class LoadedPipeline:
     pipe: StableDiffusionPipeline
     # The scheduler config as loaded, before any job swapped the pipeline's scheduler.
     scheduler_config: dict
+    # Adapter names of the LoRAs loaded into this pipeline; they stay loaded, switched per job.
+    loras: set[str] = field(default_factory=set)
 
 
 class LocalEngine(EngineClient):
@@ -42,10 +59,13 @@ class LocalEngine(EngineClient):
         dtype: str = "auto",
         max_loaded_models: int = 2,
         max_queue: int = 32,
+        max_loaded_auxiliaries: int = 4,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.cache = ModelCache(max_loaded_models)
+        # ControlNets and annotators, apart so that loading one never evicts a checkpoint.
+        self.auxiliaries = ModelCache(max_loaded_auxiliaries)
         self._cache_dir = cache_dir
         self._max_queue = max_queue
         self._pending = 0
@@ -89,11 +109,18 @@ class LocalEngine(EngineClient):
     def run(self, job: Job) -> ImagesResult:
         """Run one job on this thread; public so benchmarks and tests can call it directly."""
         try:
-            if isinstance(job, TextToImageJob):
-                loaded = self.pipeline(job.model)
-                images = text_to_image(loaded.pipe, loaded.scheduler_config, job)
-                return ImagesResult(tuple(images))
-            raise TypeError(f"unknown job type {type(job).__name__}")
+            if not isinstance(job, TextToImageJob):
+                raise TypeError(f"unknown job type {type(job).__name__}")
+            loaded = self.pipeline(job.model)
+            activate_loras(loaded.pipe, loaded.loras, job.loras)
+            if isinstance(job, ControlNetJob):
+                control_map = self.control_map(job)
+                controlnet = self.controlnet(job.controlnet)
+                images = controlnet_images(loaded.pipe, loaded.scheduler_config, job, controlnet, control_map)
+                return ImagesResult(tuple(images), control_image=encode_png(control_map))
+            if isinstance(job, ImageToImageJob):
+                return ImagesResult(tuple(image_to_image(loaded.pipe, loaded.scheduler_config, job)))
+            return ImagesResult(tuple(text_to_image(loaded.pipe, loaded.scheduler_config, job)))
         except Exception as exc:
             log.exception("job failed")
             raise GenerationFailed(f"generation failed: {exc}") from exc
@@ -105,3 +132,21 @@ class LocalEngine(EngineClient):
 
         return self.cache.get(spec, load)
 
+    def controlnet(self, spec: AuxiliarySpec) -> ControlNetModel:
+        def load() -> ControlNetModel:
+            model = ControlNetModel.from_pretrained(spec.path, dtype=self.dtype, local_files_only=True)
+            return model.to(self.device)
+
+        return self.auxiliaries.get(("controlnet", spec), load)
+
+    def control_map(self, job: ControlNetJob) -> Image.Image:
+        image = Image.open(io.BytesIO(job.control_image)).convert("RGB")
+        if not job.preprocess:
+            return image
+        if job.controlnet.kind == "canny":
+            return canny(image)
+        annotator = job.annotator
+        if annotator is None:
+            raise ValueError(f"a {job.controlnet.kind} ControlNet job needs an annotator or preprocess=False")
+        annotate: Annotator = self.auxiliaries.get(("annotator", annotator), lambda: load_annotator(annotator, self.device))
+        return annotate(image)

@@ -23,6 +23,9 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 
 class Kind(StrEnum):
     CHECKPOINT = "checkpoint"
+    LORA = "lora"  # options: layout (kohya | diffusers), lcm (true for an LCM-LoRA)
+    CONTROLNET = "controlnet"  # options: controlnet (canny | depth | openpose)
+    ANNOTATOR = "annotator"  # options: annotator (depth | openpose)
 
 
 class Format(StrEnum):

@@ -40,4 +40,5 @@ async def models(request: Request) -> ModelsResponse:
     await authenticate(request, fields)
     catalog = services(request).catalog
     checkpoints = await to_thread.run_sync(catalog.list, Kind.CHECKPOINT)
-    return ModelsResponse(models=[entry(m) for m in checkpoints], loras=[], video_models=[])
+    loras = await to_thread.run_sync(catalog.list, Kind.LORA)
+    return ModelsResponse(models=[entry(m) for m in checkpoints], loras=[entry(m) for m in loras], video_models=[])
