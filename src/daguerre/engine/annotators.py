@@ -49,7 +49,8 @@ def load_openpose(path: str, device: torch.device) -> Annotator:
     from controlnet_aux.open_pose import OpenposeDetector
     from controlnet_aux.open_pose.body import Body
 
-    detector = OpenposeDetector(Body(str(Path(path) / OPENPOSE_WEIGHTS)), None, None).to(device)
+    # Body only: OpenposeDetector.to would also move the hand and face networks, which are not loaded.
+    detector = OpenposeDetector(Body(str(Path(path) / OPENPOSE_WEIGHTS)).to(device))
 
     def openpose(image: Image.Image) -> Image.Image:
         resolution = min(DETECT_RESOLUTION, *image.size)
