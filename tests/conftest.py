@@ -5,7 +5,7 @@ the loaded models stay resident between tests, as they do in a server.
 
 from __future__ import annotations
 
-import asyncio
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from PIL import Image
+
 from daguerre.app import create_app
+from daguerre.engine.client import EngineClient
+from daguerre.engine.jobs import EngineStatus, ImagesResult
 from daguerre.engine.local import LocalEngine
 from daguerre.engine.skeletons import skeleton_of
 from daguerre.engine.tiny_models import build_tiny_sd15, export_single_file
+from daguerre.errors import GenerationFailed
 from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings
 
@@ -80,5 +85,42 @@ def api(settings: Settings, engine: LocalEngine, tiny_sd15: Path) -> Iterator[Ap
         yield Api(client, token)
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+class RecordingEngine(EngineClient):
+    """Records the jobs it is given and answers with 1x1 PNGs: for tests of what the HTTP and
+    service layers send to the engine (defaults, model settings) at sizes too slow to render on a
+    CPU. Generation itself is tested against the real engine."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.jobs: list[Any] = []
+        self.fail = fail
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(device="none", dtype="none", queued=0, loaded_models=())
+
+    async def submit(self, job: Any) -> ImagesResult:
+        self.jobs.append(job)
+        if self.fail:
+            raise GenerationFailed("generation failed: the engine broke on purpose")
+        buffer = io.BytesIO()
+        Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+        return ImagesResult(tuple(buffer.getvalue() for _ in job.seeds))
+
+
+@pytest.fixture
+def recorder() -> RecordingEngine:
+    return RecordingEngine()
+
+
+@pytest.fixture
+def recorded_api(settings: Settings, recorder: RecordingEngine, tiny_sd15: Path) -> Iterator[Api]:
+    with TestClient(create_app(settings, engine=recorder), base_url="http://testserver") as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
+        token, _ = services.accounts.create_token(name="test", credits=1000)
+        yield Api(client, token)

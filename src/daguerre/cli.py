@@ -127,8 +127,8 @@ def models_add(
     default_scale: Annotated[float | None, typer.Option(help="Guidance scale when a request gives none")] = None,
     default_scheduler: Annotated[str | None, typer.Option(help="Scheduler when a request gives none")] = None,
     default_negative_prompt: Annotated[str | None, typer.Option(help="Appended when use_default_neg")] = None,
-    cover_img: Annotated[str, typer.Option(help="Cover image URL")] = "",
-    link: Annotated[str, typer.Option(help="Link to the model's page")] = "",
+    cover_img: Annotated[str | None, typer.Option(help="Cover image URL")] = None,
+    link: Annotated[str | None, typer.Option(help="Link to the model's page")] = None,
     tags: Annotated[list[str] | None, typer.Option("--tags", help="A tag; repeat for several")] = None,
     civitai_model_id: Annotated[int | None, typer.Option(help="The model's Civitai id")] = None,
     config: Annotated[
@@ -174,12 +174,12 @@ def models_add(
                 config_path=config,
                 cover_img=cover_img,
                 link=link,
-                tags=tags or [],
+                tags=tags,
                 civitai_model_id=civitai_model_id,
                 default_scale=default_scale,
                 default_scheduler=default_scheduler,
                 default_negative_prompt=default_negative_prompt,
-                options={**info.options, **extra_options},
+                options={**info.options, **extra_options} or None,
             )
         )
     except DaguerreError as exc:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_NEGATIVE_PROMPT = (
@@ -15,7 +15,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 
 
-class Pricing(BaseSettings):
+class Pricing(BaseModel):
     """Credit formula constants; see the README's "Credits" section for the formula."""
 
     image_rate: float = Field(0.5, ge=0, description="credits per 512x512 image at 30 steps")

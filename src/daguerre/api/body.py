@@ -39,8 +39,9 @@ async def read_fields(request: Request) -> tuple[dict[str, Any], dict[str, Uploa
             f"unsupported content type {content_type!r}: send application/x-www-form-urlencoded, "
             "multipart/form-data or application/json"
         )
-    # An empty form field means "not given", as a browser form sends it.
-    fields = {k: v for k, v in fields.items() if not (isinstance(v, str) and v.strip() == "") or k == "prompt"}
+    # An empty form field, or a JSON null, means "not given" (a browser form sends empty fields);
+    # the prompt is the exception: an empty prompt is a prompt.
+    fields = {k: v for k, v in fields.items() if k == "prompt" or not (v is None or (isinstance(v, str) and not v.strip()))}
     bearer = request.headers.get("authorization", "")
     if "access_token" not in fields and bearer.lower().startswith("bearer "):
         fields["access_token"] = bearer[7:].strip()

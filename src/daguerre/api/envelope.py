@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from daguerre.errors import DaguerreError
 from daguerre.protocol.errors import ErrorResponse
@@ -22,6 +23,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DaguerreError)
     async def _known(request: Request, exc: DaguerreError) -> JSONResponse:
         return error_response(request, exc.message, exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _routing(request: Request, exc: HTTPException) -> JSONResponse:
+        # Unknown paths and methods are not API answers: they keep their real status.
+        return JSONResponse(ErrorResponse(message=str(exc.detail)).model_dump(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

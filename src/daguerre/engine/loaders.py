@@ -23,7 +23,9 @@ def load_text_to_image(spec: ModelSpec, device: torch.device, dtype: torch.dtype
         )
     elif spec.format == "single_file":
         config = spec.config_path or str(family_skeleton(spec.family, cache_dir))
-        pipe = StableDiffusionPipeline.from_single_file(spec.path, config=config, load_safety_checker=False, **common)
+        pipe = StableDiffusionPipeline.from_single_file(
+            spec.path, config=config, safety_checker=None, feature_extractor=None, **common
+        )
     else:
         raise ValueError(f"unknown model format {spec.format!r}")
     pipe.set_progress_bar_config(disable=True)

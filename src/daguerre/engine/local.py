@@ -99,12 +99,15 @@ class LocalEngine(EngineClient):
                     f"server busy: {self._pending} jobs are queued (max_queue {self._max_queue}); try again shortly"
                 )
             self._pending += 1
-        try:
-            future = self._executor.submit(self.run, job)
-            return await asyncio.wrap_future(future)
-        finally:
-            with self._lock:
-                self._pending -= 1
+        future = self._executor.submit(self.run, job)
+        # Released when the job ends, not when its caller stops waiting: a request cancelled by a
+        # client disconnect still occupies the worker until its job finishes.
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _future: object) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def run(self, job: Job) -> ImagesResult:
         """Run one job on this thread; public so benchmarks and tests can call it directly."""

@@ -44,17 +44,18 @@ def weighted_chunks(tokenizer: CLIPTokenizer, prompt: str) -> list[_Chunk]:
         ids = tokenizer(piece.text, add_special_tokens=False, truncation=False).input_ids if piece.text else []
         for token in ids:
             current = chunks[-1]
-            if token == comma:
-                last_comma = len(current.tokens)
-            elif len(current.tokens) == CHUNK:
+            if len(current.tokens) == CHUNK:
                 if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
+                    # Move the words after the last comma to the next chunk, keeping them together.
                     carry = _Chunk(current.tokens[last_comma + 1 :], current.weights[last_comma + 1 :])
                     del current.tokens[last_comma + 1 :], current.weights[last_comma + 1 :]
                     chunks.append(carry)
+                    last_comma = -1
                 else:
                     close_chunk()
-                last_comma = -1
                 current = chunks[-1]
+            if token == comma:
+                last_comma = len(current.tokens)
             current.tokens.append(token)
             current.weights.append(piece.weight)
     if len(chunks) > 1 and not chunks[-1].tokens:

@@ -22,8 +22,10 @@ from daguerre.engine.clip_tokenizer import write_clip_tokenizer
 def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
     """Write a diffusers folder of a tiny random SD 1.5-topology pipeline; same seed, same bytes."""
     torch.manual_seed(seed)
+    # Widths in SD 1.5's 1:2:4:4 ratio (320, 640, 1280, 1280) so every layer of the real model,
+    # shortcut convolutions included, exists here under the same name.
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 32, 64, 64),
+        block_out_channels=(16, 32, 64, 64),
         layers_per_block=2,
         norm_num_groups=8,
         sample_size=16,
@@ -40,7 +42,8 @@ def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
         attention_head_dim=4,
     )
     vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
+        block_out_channels=(8, 16, 32, 32),  # SD's VAE: (128, 256, 512, 512)
+        layers_per_block=2,
         norm_num_groups=8,
         in_channels=3,
         out_channels=3,

@@ -86,10 +86,11 @@ class AccountService:
         """An operator names a token by its full value or the prefix `tokens list` shows."""
         with self._sessions() as session:
             row = session.scalar(select(Token).where(Token.token_hash == _hash(token_or_prefix)))
-            if row is None:
-                matches = list(session.scalars(select(Token).where(Token.prefix == token_or_prefix[:8])))
-                if len(matches) == 1 and matches[0].prefix.startswith(token_or_prefix[:8]):
-                    row = matches[0]
+            if row is None and 4 <= len(token_or_prefix) <= 8:
+                matches = list(session.scalars(select(Token).where(Token.prefix.startswith(token_or_prefix))))
+                if len(matches) > 1:
+                    raise NotFound(f"{len(matches)} tokens start with {token_or_prefix!r}; give more of it")
+                row = matches[0] if matches else None
             if row is None:
                 raise NotFound(f"no token matches {token_or_prefix!r}")
             return self._info(row)

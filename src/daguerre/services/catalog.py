@@ -81,14 +81,28 @@ class NewModel:
     version: str | None = None
     family: str = "sd15"
     config_path: Path | None = None
-    cover_img: str = ""
-    link: str = ""
-    tags: list[str] = field(default_factory=list)
+    # Metadata: None keeps what an existing id already has (adding a version changes only what
+    # the operator gives).
+    cover_img: str | None = None
+    link: str | None = None
+    tags: list[str] | None = None
     civitai_model_id: int | None = None
     default_scale: float | None = None
     default_scheduler: str | None = None
     default_negative_prompt: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] | None = None
+
+
+_METADATA = (
+    "cover_img",
+    "link",
+    "tags",
+    "civitai_model_id",
+    "default_scale",
+    "default_scheduler",
+    "default_negative_prompt",
+    "options",
+)
 
 
 class CatalogService:
@@ -100,20 +114,18 @@ class CatalogService:
         with self._sessions.begin() as session:
             model = session.get(CatalogModel, new.id) if new.id else None
             if model is None:
-                model = CatalogModel(id=new.id or self._new_id(session), kind=new.kind.value)
+                model = CatalogModel(
+                    id=new.id or self._new_id(session), kind=new.kind.value, cover_img="", link="", tags=[], options={}
+                )
                 session.add(model)
             elif model.kind != new.kind.value:
                 raise DaguerreError(f"id {model.id} is already a {model.kind}, not a {new.kind.value}")
             model.title = new.title
             model.family = new.family
-            model.cover_img = new.cover_img
-            model.link = new.link
-            model.tags = list(new.tags)
-            model.civitai_model_id = new.civitai_model_id
-            model.default_scale = new.default_scale
-            model.default_scheduler = new.default_scheduler
-            model.default_negative_prompt = new.default_negative_prompt
-            model.options = dict(new.options)
+            for name in _METADATA:
+                value = getattr(new, name)
+                if value is not None:
+                    setattr(model, name, value)
             session.flush()
             taken = set(session.scalars(select(ModelVersion.version).where(ModelVersion.model_id == model.id)))
             version = new.version or str(len(taken) + 1)

@@ -1,0 +1,3 @@
+from daguerre.cli import app
+
+app(prog_name="daguerre")

@@ -1,0 +1,120 @@
+"""The real server process, over real HTTP: `daguerre serve --demo`, and every README example."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    data_dir = tmp_path_factory.mktemp("live")
+    port = free_port()
+    command = [sys.executable, "-m", "daguerre", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the server did not start")
+        yield url, (data_dir / "demo-token").read_text().strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def readme_blocks(language: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_serve_prints_the_url_and_a_working_demo_token(server: tuple[str, str]) -> None:
+    url, token = server
+    models = httpx.post(f"{url}/api/models", data={"access_token": token}).json()
+    assert models["error_code"] == 0
+    assert [m["id"] for m in models["models"]] == ["demo"]
+    answer = httpx.post(
+        f"{url}/api/inference",
+        data={"access_token": token, "model_id": "demo", "prompt": "p", "width": 128, "height": 128,
+              "steps": 2, "num_images": 1},
+        timeout=120,
+    ).json()
+    assert answer["error_code"] == 0, answer
+    image = httpx.get(answer["images"][0])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+
+
+def test_health_answers_while_a_generation_runs(server: tuple[str, str]) -> None:
+    url, token = server
+    done = threading.Event()
+
+    def generate() -> None:
+        httpx.post(
+            f"{url}/api/inference",
+            data={"access_token": token, "model_id": "demo", "prompt": "p", "width": 256, "height": 256,
+                  "steps": 12, "num_images": 1},
+            timeout=300,
+        )
+        done.set()
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health").json()["queued"] == 0:
+            assert time.monotonic() < deadline and not done.is_set(), "the generation never showed as queued"
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert httpx.post(f"{url}/api/models", data={"access_token": token}).json()["error_code"] == 0
+        assert time.monotonic() - started < 2
+        assert not done.is_set(), "the generation ended before the check; make it longer"
+    finally:
+        worker.join()
+
+
+def test_readme_python_examples_run(server: tuple[str, str]) -> None:
+    url, token = server
+    blocks = readme_blocks("python")
+    assert blocks
+    env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token}
+    for code in blocks:
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{code}\n{result.stderr}"
+        assert "error_code" not in result.stdout or '"error_code": 1' not in result.stdout
+
+
+def test_readme_curl_examples_run(server: tuple[str, str]) -> None:
+    url, token = server
+    examples = [b for b in readme_blocks("bash") if b.lstrip().startswith("curl")]
+    assert examples
+    for example in examples:
+        command = example.replace("\\\n", " ").replace('"$DAGUERRE_URL', f'"{url}').replace("$DAGUERRE_TOKEN", token)
+        result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and '"error_code":0' in result.stdout, f"{command}\n{result.stdout}"
