@@ -32,7 +32,7 @@ from daguerre.engine.jobs import (
     TextToImageJob,
 )
 from daguerre.engine.loaders import load_text_to_image
-from daguerre.engine.lora import activate_loras
+from daguerre.engine.lora import LoraState, activate_loras
 from daguerre.engine.model_cache import ModelCache
 from daguerre.engine.pipelines.controlnet import controlnet_images
 from daguerre.engine.pipelines.image_to_image import image_to_image
@@ -47,8 +47,8 @@ class LoadedPipeline:
     pipe: StableDiffusionPipeline
     # The scheduler config as loaded, before any job swapped the pipeline's scheduler.
     scheduler_config: dict
-    # Adapter names of the LoRAs loaded into this pipeline; they stay loaded, switched per job.
-    loras: set[str] = field(default_factory=set)
+    # The LoRAs loaded into this pipeline; they stay loaded, switched per job.
+    loras: LoraState = field(default_factory=LoraState)
 
 
 class LocalEngine(EngineClient):
