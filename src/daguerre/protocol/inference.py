@@ -38,9 +38,8 @@ class InferenceRequest(BaseModel):
         None, description="Id of a LoRA from /api/models; several: ids separated by commas. <lora:id:weight> "
         "tags in the prompt add more"
     )
-    lora_scale: Text | None = Field(
-        None,
-        description="Default 0.75, range -2 to 2; several LoRAs: one scale for all, or one per id separated by commas",
+    lora_scale: Text = Field(
+        "0.75", description="From -2 to 2; several LoRAs: one scale for all, or one per id separated by commas"
     )
     lcm: Bool = Field(False, description="Fast LCM sampling at half the cost: default steps 6, scale 1.5")
     image_strength: float = Field(0.75, ge=0, le=1, description="img2img: how much to transform init_image_file")

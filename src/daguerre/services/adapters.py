@@ -17,7 +17,6 @@ from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.inference import LORA_SCALE_RANGE, InferenceRequest
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord
 
-DEFAULT_LORA_SCALE = 0.75
 TAG_WEIGHT = 1.0
 _TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>", re.IGNORECASE)
 _LOW, _HIGH = LORA_SCALE_RANGE
@@ -37,7 +36,7 @@ def requested_loras(request: InferenceRequest) -> tuple[str, dict[str, float]]:
     ids = [part.strip() for part in (request.lora or "").split(",") if part.strip()]
     if len(set(ids)) != len(ids):
         raise InvalidParameter.bad_value("lora", request.lora, "each LoRA id may appear once")
-    texts = [part.strip() for part in (request.lora_scale or str(DEFAULT_LORA_SCALE)).split(",")]
+    texts = [part.strip() for part in request.lora_scale.split(",")]
     scales = [_weight(text) for text in texts]
     if any(scale is None for scale in scales) or len(scales) not in (1, len(ids) or 1):
         raise InvalidParameter.bad_value("lora_scale", request.lora_scale, _SCALE_RULE)
