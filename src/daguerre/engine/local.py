@@ -8,19 +8,19 @@ ServerBusy instead of waiting without bound.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffusers import ControlNetModel, StableDiffusionPipeline
 from PIL import Image
 
+from daguerre.engine.annotators import Annotator, canny, load_annotator
 from daguerre.engine.client import EngineClient
 from daguerre.engine.devices import pick_device, pick_dtype
-from daguerre.engine.annotators import Annotator, canny, load_annotator
 from daguerre.engine.jobs import (
     AuxiliarySpec,
     ControlNetJob,
