@@ -124,3 +124,18 @@ def recorded_api(settings: Settings, recorder: RecordingEngine, tiny_sd15: Path)
         services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
         token, _ = services.accounts.create_token(name="test", credits=1000)
         yield Api(client, token)
+
+
+@pytest.fixture(scope="session")
+def tiny_video_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Wan 2.1 text- and image-to-video pipelines and an AnimateDiff motion adapter
+    that fits the tiny SD 1.5 UNet; about 2 s to build.
+    """
+    from daguerre.engine.tiny_models import build_tiny_motion_adapter, build_tiny_wan
+
+    folder = tmp_path_factory.mktemp("video-models")
+    return {
+        "t2v": build_tiny_wan(folder / "tiny-wan-t2v"),
+        "i2v": build_tiny_wan(folder / "tiny-wan-i2v", image_to_video=True),
+        "motion_adapter": build_tiny_motion_adapter(folder / "tiny-motion-adapter"),
+    }

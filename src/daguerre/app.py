@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from daguerre import __version__
 from daguerre.api.envelope import install_error_handlers
-from daguerre.api.routes import files, health, inference, models
+from daguerre.api.routes import files, health, inference, models, video
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
 from daguerre.settings import Settings
@@ -25,6 +25,8 @@ def default_engine(settings: Settings) -> EngineClient:
         dtype=settings.dtype,
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
+        video_cpu_offload=settings.video.cpu_offload,
+        video_vae_tiling=settings.video.vae_tiling,
     )
 
 
@@ -57,6 +59,6 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         allow_headers=["*"],
     )
     install_error_handlers(app)
-    for module in (inference, models, files, health):
+    for module in (inference, models, video, files, health):
         app.include_router(module.router)
     return app

@@ -71,7 +71,11 @@ def serve(
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     console.print(f"daguerre on [bold]{url}[/bold]  (data: {settings.data_dir})")
     if token:
-        console.print("demo model id: [bold]demo[/bold]   demo access token:")
+        console.print(
+            "demo model ids: [bold]demo[/bold] (images, and clips via AnimateDiff), "
+            "[bold]demo-t2v[/bold] and [bold]demo-i2v[/bold] (video)"
+        )
+        console.print("demo access token:")
         print(token, flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, proxy_headers=True)
 
@@ -120,7 +124,11 @@ def models_add(
     path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt file")],
     title: Annotated[str, typer.Option(help="Display title")],
     kind: Annotated[
-        str, typer.Option(help="What the file is: checkpoint (an image model), lora, controlnet or annotator")
+        str,
+        typer.Option(
+            help="What the file is: checkpoint (an image model), lora, controlnet, annotator "
+            "(docs/img2img-controlnet-lora.md) or video (docs/video.md)"
+        ),
     ] = "checkpoint",
     model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
     version: Annotated[str | None, typer.Option(help="Version name; the newest added is the latest")] = None,

@@ -90,13 +90,71 @@ def install_demo_extras(settings: Settings, catalog: CatalogService) -> None:
         _install_extra(catalog, new, build)
 
 
+def install_demo_video_models(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:
+    """Idempotent: tiny random Wan 2.1 text- and image-to-video models, and an AnimateDiff motion
+    adapter that animates the demo image model. They default to short clips (9 frames, 4 steps) so
+    a CPU answers in seconds; on a CPU, DAGUERRE_VIDEO__RESOLUTION_SCALE=0.25 shortens it further.
+    """
+    from daguerre.engine.inspection import inspect_model
+    from daguerre.engine.tiny_models import build_tiny_motion_adapter, build_tiny_wan  # torch only when building
+
+    demos: list[tuple[str, str, str, Callable[[Path], Path], dict[str, object]]] = [
+        ("demo-t2v", "demo-wan-t2v", "Demo Wan 2.1 text-to-video", build_tiny_wan, {}),
+        (
+            "demo-i2v",
+            "demo-wan-i2v",
+            "Demo Wan 2.1 image-to-video",
+            lambda folder: build_tiny_wan(folder, image_to_video=True),
+            {},
+        ),
+        (
+            "demo-motion",
+            "demo-motion-adapter",
+            "Demo AnimateDiff motion adapter",
+            build_tiny_motion_adapter,
+            {"animates": [DEMO_MODEL_ID], "default_num_frames": 8},
+        ),
+    ]
+    records = []
+    for model_id, folder_name, title, build, options in demos:
+        try:
+            records.append(catalog.get(model_id))
+            continue
+        except NotFound:
+            pass
+        folder = settings.models_dir / folder_name
+        if not folder.exists():
+            build(folder)
+        info = inspect_model("video", folder)
+        records.append(
+            catalog.add(
+                NewModel(
+                    path=folder,
+                    format=Format(info.format),
+                    kind=Kind.VIDEO,
+                    id=model_id,
+                    version="1",
+                    title=f"{title} (tiny random weights: draws noise)",
+                    family=info.family,
+                    tags=["demo", "random-weights"],
+                    options={**info.options, "default_num_frames": 9, "default_steps": 4, **options},
+                )
+            )
+        )
+    return records
+
+
 def install_demo(settings: Settings, catalog: CatalogService) -> None:
     """Everything `daguerre serve --demo` installs; each step is idempotent."""
     for install in DEMO_INSTALLERS:
         install(settings, catalog)
 
 
-DEMO_INSTALLERS: list[Callable[[Settings, CatalogService], object]] = [install_demo_model, install_demo_extras]
+DEMO_INSTALLERS: list[Callable[[Settings, CatalogService], object]] = [
+    install_demo_model,
+    install_demo_extras,
+    install_demo_video_models,
+]
 
 
 def demo_token(settings: Settings, accounts: AccountService) -> str:

@@ -20,6 +20,32 @@ class Pricing(BaseModel):
 
     image_rate: float = Field(0.5, ge=0, description="credits per 512x512 image at 30 steps")
     min_image_cost: float = Field(0.05, ge=0, description="floor per image, whatever its size")
+    video_rate: float = Field(12.0, ge=0, description="credits per 832x480 clip of 81 frames at 30 steps")
+    min_video_cost: float = Field(0.5, ge=0, description="floor per clip, whatever its size")
+
+
+class VideoSettings(BaseSettings):
+    """/api/video; see docs/video.md ("Settings")."""
+
+    cpu_offload: bool = Field(
+        False, description="on CUDA, keep Wan's models in CPU memory and move each to the GPU only while it runs"
+    )
+    vae_tiling: bool = Field(True, description="decode Wan frames in tiles, so 720p decodes within one GPU")
+    resolution_scale: float = Field(
+        1.0, gt=0, le=1, description="tests and CPU demos only: shrink the 480p/720p frame sizes by this factor"
+    )
+
+
+class RemoteImageSettings(BaseSettings):
+    """Fetching image_url from other servers; see docs/video.md ("image_url")."""
+
+    allow_private: bool = Field(
+        False, description="allow private, loopback, link-local and reserved addresses (trusted networks only)"
+    )
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    timeout_s: float = Field(20.0, gt=0, description="for the whole fetch, redirects included")
+    max_redirects: int = Field(5, ge=0)
+    max_pixels: int = Field(40_000_000, ge=1, description="refuse larger images (decompression bombs)")
 
 
 class Settings(BaseSettings):
@@ -48,6 +74,8 @@ class Settings(BaseSettings):
 
     default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     pricing: Pricing = Field(default_factory=Pricing)
+    video: VideoSettings = Field(default_factory=VideoSettings)
+    remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from daguerre.engine.jobs import EngineStatus, ImagesResult, Job
+from daguerre.engine.jobs import EngineStatus, Job, Result
 
 
 class EngineClient(ABC):
@@ -19,7 +19,7 @@ class EngineClient(ABC):
     async def start(self) -> None: ...
 
     @abstractmethod
-    async def submit(self, job: Job) -> ImagesResult: ...
+    async def submit(self, job: Job) -> Result: ...
 
     @abstractmethod
     def status(self) -> EngineStatus: ...

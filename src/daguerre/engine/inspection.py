@@ -105,12 +105,68 @@ def inspect_annotator(path: Path) -> CheckpointInfo:
     )
 
 
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModel(f"cannot read {path}: {exc}") from None
+
+
+def _wan_resolutions(path: Path, transformer: dict[str, Any]) -> list[str]:
+    # Wan 2.1 ships the 480p and 720p image-to-video weights as separate checkpoints of the same
+    # architecture, so the folder name (as published, e.g. Wan2.1-I2V-14B-480P-Diffusers) decides
+    # when it says; otherwise the 1.3B model is 480p only and the 14B models do both.
+    name = path.resolve().name.lower()
+    named = [r for r in ("480p", "720p") if r in name]
+    if named:
+        return named
+    width = transformer.get("num_attention_heads", 0) * transformer.get("attention_head_dim", 0)
+    return ["480p"] if width == 1536 else ["480p", "720p"]
+
+
+def inspect_video(path: Path) -> CheckpointInfo:
+    """A diffusers folder of Wan 2.1 (text- or image-to-video), or an AnimateDiff motion adapter."""
+    if not path.is_dir():
+        raise UnsupportedModel(
+            f"{path}: video models are diffusers folders (a Wan 2.1 pipeline, or an AnimateDiff motion adapter)"
+        )
+    if (path / "model_index.json").exists():
+        index = _json(path / "model_index.json")
+        pipeline = index.get("_class_name")
+        modes = {"WanPipeline": "t2v", "WanImageToVideoPipeline": "i2v"}
+        if pipeline not in modes:
+            raise UnsupportedModel(
+                f"{path} holds a {pipeline}; video pipelines must be WanPipeline or WanImageToVideoPipeline"
+            )
+        if (index.get("transformer_2") or [None])[0] or index.get("expand_timesteps"):
+            raise UnsupportedModel(f"{path} is a Wan 2.2 pipeline; this server runs Wan 2.1")
+        transformer = _json(path / "transformer" / "config.json")
+        options = {"mode": modes[pipeline], "architecture": "wan", "resolutions": _wan_resolutions(path, transformer)}
+        return CheckpointInfo("diffusers", "wan2.1", options)
+    config_file = path / "config.json"
+    config = _json(config_file) if config_file.exists() else {}
+    if config.get("_class_name") != "MotionAdapter":
+        raise UnsupportedModel(
+            f"{path} is neither a Wan pipeline folder (model_index.json) nor an AnimateDiff MotionAdapter folder"
+        )
+    if len(config.get("block_out_channels", ())) != 4:
+        raise UnsupportedModel(f"{path} is a motion adapter for SDXL; this server animates SD 1.x checkpoints")
+    options = {
+        "mode": "t2v",
+        "architecture": "animatediff",
+        "resolutions": ["480p"],
+        "max_frames": config.get("motion_max_seq_length", 32),
+    }
+    return CheckpointInfo("diffusers", "sd15", options)
+
+
 # What `daguerre models add --kind K` runs to recognise a file of kind K.
 INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "checkpoint": inspect_checkpoint,
     "lora": inspect_lora,
     "controlnet": inspect_controlnet,
     "annotator": inspect_annotator,
+    "video": inspect_video,
 }
 
 

@@ -71,7 +71,26 @@ class ControlNetJob(TextToImageJob):
     preprocess: bool = True
 
 
-Job = TextToImageJob
+@dataclass(frozen=True)
+class VideoJob:
+    """Text-to-video (Wan, or AnimateDiff on an SD 1.5 checkpoint) or image-to-video (Wan)."""
+
+    model: ModelSpec  # the Wan pipeline, or the SD 1.5 checkpoint AnimateDiff animates
+    architecture: str  # wan | animatediff
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    motion_adapter: ModelSpec | None = None  # AnimateDiff only
+    image: bytes | None = None  # image-to-video: the first frame, PNG-encoded at width x height
+
+
+Job = TextToImageJob | VideoJob
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,15 @@ class ImagesResult:
     images: tuple[bytes, ...]  # PNG-encoded, in the order of the job's seeds
     extension: str = ".png"
     control_image: bytes | None = None  # PNG: the control map a ControlNet job used
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    video: bytes  # H.264 MP4, yuv420p
+    extension: str = ".mp4"
+
+
+Result = ImagesResult | VideoResult
 
 
 @dataclass(frozen=True)

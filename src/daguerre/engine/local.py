@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffusers import ControlNetModel, StableDiffusionPipeline
+import numpy as np
+from diffusers import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from PIL import Image
 
 from daguerre.engine.annotators import Annotator, canny, load_annotator
@@ -29,14 +30,19 @@ from daguerre.engine.jobs import (
     ImagesResult,
     Job,
     ModelSpec,
+    Result,
     TextToImageJob,
+    VideoJob,
+    VideoResult,
 )
 from daguerre.engine.loaders import load_text_to_image
-from daguerre.engine.lora import LoraState, activate_loras
+from daguerre.engine.lora import LoraState, activate_loras, remove_loras
 from daguerre.engine.model_cache import ModelCache
+from daguerre.engine.pipelines import video
 from daguerre.engine.pipelines.controlnet import controlnet_images
 from daguerre.engine.pipelines.image_to_image import image_to_image
 from daguerre.engine.pipelines.text_to_image import encode_png, text_to_image
+from daguerre.engine.video_encoding import encode_mp4
 from daguerre.errors import GenerationFailed, ServerBusy
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,22 @@ class LoadedPipeline:
     loras: LoraState = field(default_factory=LoraState)
 
 
+@dataclass(frozen=True)
+class AnimatedKey:
+    """Cache key of an SD checkpoint animated by an AnimateDiff motion adapter."""
+
+    base: ModelSpec
+    adapter: ModelSpec
+
+    @property
+    def id(self) -> str:
+        return f"{self.base.id}+{self.adapter.id}"
+
+    @property
+    def version(self) -> str:
+        return f"{self.base.version}+{self.adapter.version}"
+
+
 class LocalEngine(EngineClient):
     def __init__(
         self,
@@ -59,6 +81,8 @@ class LocalEngine(EngineClient):
         dtype: str = "auto",
         max_loaded_models: int = 2,
         max_queue: int = 32,
+        video_cpu_offload: bool = False,
+        video_vae_tiling: bool = True,
         max_loaded_auxiliaries: int = 4,
     ) -> None:
         self.device = pick_device(device)
@@ -68,6 +92,8 @@ class LocalEngine(EngineClient):
         self.auxiliaries = ModelCache(max_loaded_auxiliaries)
         self._cache_dir = cache_dir
         self._max_queue = max_queue
+        self._video_cpu_offload = video_cpu_offload
+        self._video_vae_tiling = video_vae_tiling
         self._pending = 0
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -90,7 +116,7 @@ class LocalEngine(EngineClient):
             loaded_models=tuple(f"{k.id}@{k.version}" for k in self.cache.keys()),  # type: ignore[attr-defined]
         )
 
-    async def submit(self, job: Job) -> ImagesResult:
+    async def submit(self, job: Job) -> Result:
         if self._executor is None:
             raise RuntimeError("engine not started")
         with self._lock:
@@ -109,9 +135,11 @@ class LocalEngine(EngineClient):
         with self._lock:
             self._pending -= 1
 
-    def run(self, job: Job) -> ImagesResult:
+    def run(self, job: Job) -> Result:
         """Run one job on this thread; public so benchmarks and tests can call it directly."""
         try:
+            if isinstance(job, VideoJob):
+                return VideoResult(encode_mp4(self.video_frames(job), job.fps))
             if not isinstance(job, TextToImageJob):
                 raise TypeError(f"unknown job type {type(job).__name__}")
             loaded = self.pipeline(job.model)
@@ -153,3 +181,27 @@ class LocalEngine(EngineClient):
             raise ValueError(f"a {job.controlnet.kind} ControlNet job needs an annotator or preprocess=False")
         annotate: Annotator = self.auxiliaries.get(("annotator", annotator), lambda: load_annotator(annotator, self.device))
         return annotate(image)
+
+    def video_frames(self, job: VideoJob) -> np.ndarray:
+        if job.architecture == "wan":
+            pipe = self.cache.get(
+                job.model,
+                lambda: video.load_wan(
+                    job.model, self.device, self.dtype, self._video_cpu_offload, self._video_vae_tiling
+                ),
+            )
+            return video.run_wan(pipe, job)
+        if job.motion_adapter is None:
+            raise ValueError("an AnimateDiff job needs a motion adapter")
+        base = self.pipeline(job.model)
+        # The motion pipeline shares the base text encoder, so no LoRA of an earlier image job may
+        # stay active; and it copies the base UNet's weights when built, which needs plain layers.
+        activate_loras(base.pipe, base.loras, ())
+        adapter = job.motion_adapter
+
+        def build() -> AnimateDiffPipeline:
+            remove_loras(base.pipe, base.loras)
+            return video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype))
+
+        pipe = self.cache.get(AnimatedKey(job.model, adapter), build)
+        return video.run_animatediff(pipe, base.scheduler_config, job)

@@ -75,3 +75,14 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
     pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])
     pipe.fuse_lora(components=_COMPONENTS, adapter_names=names)
     state.fused = wanted
+
+
+def remove_loras(pipe: DiffusionPipeline, state: LoraState) -> None:
+    """Take every LoRA out of `pipe`, leaving its plain layers with the exact base weights (for
+    code that copies the UNet's state dict, which must not see peft's wrapped keys)."""
+    if not state.loaded:
+        return
+    activate_loras(pipe, state, ())
+    pipe.unload_lora_weights()
+    state.loaded.clear()
+    state.originals.clear()

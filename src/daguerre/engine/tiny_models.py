@@ -204,3 +204,102 @@ def build_tiny_openpose_annotator(target: Path, seed: int = 0) -> Path:
     # The original file's keys lack the stage prefix (model0.conv1_1.weight -> conv1_1.weight).
     torch.save({name.split(".", 1)[1]: tensor for name, tensor in state.items()}, target / "body_pose_model.pth")
     return target
+
+
+def _tiny_t5_tokenizer():  # type: ignore[no-untyped-def]
+    """A T5-style (Unigram, SentencePiece-like) tokenizer over single characters.
+
+    The real UMT5 vocabulary is a 256k-piece SentencePiece model that only a model hub ships; a
+    character vocabulary exercises the same code path (padding to 512, attention mask, EOS).
+    """
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    chars = string.ascii_letters + string.digits + string.punctuation
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -3.0) for c in chars] + [("▁" + c, -2.5) for c in chars]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    tokenizer = T5TokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
+    return tokenizer, len(pieces)
+
+
+def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) -> Path:
+    """Write a diffusers folder of a tiny random Wan 2.1 pipeline (T2V, or I2V with a CLIP image
+    encoder); same seed, same bytes. rope_max_seq_len stays at the real 1024: smaller values break
+    above 512 px.
+    """
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, vocab_size = _tiny_t5_tokenizer()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36 if image_to_video else 16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
+        image_dim=8 if image_to_video else None,
+    )
+    # Wan 2.1's own scheduler settings (flow matching, shift 3.0 for 480p).
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    common = {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer}
+    if image_to_video:
+        image_encoder = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2,
+                image_size=32, intermediate_size=16, patch_size=4,
+            )
+        )
+        processor = CLIPImageProcessor(crop_size=32, size=32)
+        pipe = WanImageToVideoPipeline(
+            **common, scheduler=scheduler, image_encoder=image_encoder, image_processor=processor
+        )
+    else:
+        pipe = WanPipeline(**common, scheduler=scheduler)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_motion_adapter(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny random AnimateDiff MotionAdapter that fits the tiny SD 1.5 UNet's widths."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(
+        block_out_channels=(16, 32, 64, 64),  # build_tiny_sd15's UNet widths: the modules sit in its blocks
+        motion_layers_per_block=2,
+        motion_norm_num_groups=8,
+        motion_num_attention_heads=2,
+        motion_max_seq_length=32,
+    )
+    adapter.save_pretrained(folder, safe_serialization=True)
+    return folder

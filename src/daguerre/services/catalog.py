@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.tables import CatalogModel, ModelVersion
@@ -26,6 +26,7 @@ class Kind(StrEnum):
     LORA = "lora"  # options: layout (kohya | diffusers), lcm (true for an LCM-LoRA)
     CONTROLNET = "controlnet"  # options: controlnet (canny | depth | openpose)
     ANNOTATOR = "annotator"  # options: annotator (depth | openpose)
+    VIDEO = "video"
 
 
 class Format(StrEnum):
@@ -160,12 +161,10 @@ class CatalogService:
 
     def remove(self, model_id: str) -> None:
         with self._sessions.begin() as session:
-            model = session.get(CatalogModel, model_id)
-            if model is None:
+            if session.get(CatalogModel, model_id) is None:
                 raise NotFound(f"model {model_id!r} not found")
-            for version in session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id)):
-                session.delete(version)
-            session.delete(model)
+            session.execute(delete(ModelVersion).where(ModelVersion.model_id == model_id))
+            session.execute(delete(CatalogModel).where(CatalogModel.id == model_id))
 
     @staticmethod
     def _new_id(session: Session) -> str:

@@ -12,7 +12,9 @@ from daguerre.services.accounts import AccountService
 from daguerre.services.catalog import CatalogService
 from daguerre.services.inference import InferenceService
 from daguerre.services.inferences import InferenceStore
+from daguerre.services.remote_images import RemoteImages
 from daguerre.services.storage import Storage
+from daguerre.services.video import VideoService
 from daguerre.settings import Settings
 
 
@@ -40,9 +42,14 @@ class Services:
     storage: Storage
     engine: EngineClient
     inference: InferenceService
+    video: VideoService
 
 
 def build_services(settings: Settings, database: Database, engine: EngineClient) -> Services:
     storage = Storage(settings.resolved_storage_url)
     inference = InferenceService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
-    return Services(settings, database.accounts, database.catalog, storage, engine, inference)
+    images = RemoteImages(settings.remote_images, storage)
+    video = VideoService(
+        settings, database.accounts, database.catalog, database.inferences, storage, engine, images
+    )
+    return Services(settings, database.accounts, database.catalog, storage, engine, inference, video)

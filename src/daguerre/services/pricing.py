@@ -15,3 +15,22 @@ def image_cost(pricing: Pricing, width: int, height: int, steps: int, num_images
     per_image = pricing.image_rate * (width * height / _REFERENCE_PIXELS) * (steps / _REFERENCE_STEPS)
     factor = 0.5 if lcm else 1.0
     return to_milli(round(num_images * max(pricing.min_image_cost, per_image) * factor, 2))
+
+
+_REFERENCE_VIDEO_PIXELS = 832 * 480
+_REFERENCE_FRAMES = 81
+
+
+def video_cost(pricing: Pricing, width: int, height: int, num_frames: int, steps: int) -> int:
+    """cost = max(min_video_cost, video_rate * pixels/(832x480) * frames/81 * steps/30), to 0.01.
+
+    Both the transformer's work and the VAE's grow with pixels times frames, so the price does too;
+    width and height are the resolution's nominal size (832x480, 1280x720).
+    """
+    per_clip = (
+        pricing.video_rate
+        * (width * height / _REFERENCE_VIDEO_PIXELS)
+        * (num_frames / _REFERENCE_FRAMES)
+        * (steps / _REFERENCE_STEPS)
+    )
+    return to_milli(round(max(pricing.min_video_cost, per_clip), 2))

@@ -41,4 +41,8 @@ async def models(request: Request) -> ModelsResponse:
     catalog = services(request).catalog
     checkpoints = await to_thread.run_sync(catalog.list, Kind.CHECKPOINT)
     loras = await to_thread.run_sync(catalog.list, Kind.LORA)
-    return ModelsResponse(models=[entry(m) for m in checkpoints], loras=[entry(m) for m in loras], video_models=[])
+    videos = await to_thread.run_sync(services(request).video.listing)
+    video_models = [ModelEntry(**{**entry(m).model_dump(), **extra}) for m, extra in videos]
+    return ModelsResponse(
+        models=[entry(m) for m in checkpoints], loras=[entry(m) for m in loras], video_models=video_models
+    )

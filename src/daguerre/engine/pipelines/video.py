@@ -1,0 +1,103 @@
+"""Video on diffusers: Wan 2.1 (text- and image-to-video) and AnimateDiff on an SD 1.5 checkpoint.
+
+Frames come back as a uint8 array (frames, height, width, 3) for the MP4 writer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, AutoencoderKLWan, DDIMScheduler, DiffusionPipeline, MotionAdapter
+from PIL import Image
+from transformers import CLIPVisionModel
+
+from daguerre.engine.jobs import ModelSpec, VideoJob
+from daguerre.engine.pipelines.text_to_image import seed_generators
+from daguerre.engine.prompt_encoding import encode_prompt_pair
+
+
+def load_wan(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, cpu_offload: bool, vae_tiling: bool
+) -> DiffusionPipeline:
+    # Wan was trained in bfloat16 and overflows in float16; its VAE and CLIP image encoder are
+    # published to run in float32 (their outputs drift visibly in half precision).
+    model_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
+    full = {"dtype": torch.float32, "local_files_only": True}
+    extra = {"vae": AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", **full)}
+    index = json.loads((Path(spec.path) / "model_index.json").read_text())
+    if (index.get("image_encoder") or [None])[0]:
+        extra["image_encoder"] = CLIPVisionModel.from_pretrained(spec.path, subfolder="image_encoder", **full)
+    pipe = DiffusionPipeline.from_pretrained(spec.path, dtype=model_dtype, local_files_only=True, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    if cpu_offload and device.type == "cuda":
+        # Each model moves to the GPU only while it runs: the 14B transformer alone, not the
+        # UMT5-XXL text encoder beside it, is what must fit.
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    return pipe
+
+
+def load_motion_adapter(spec: ModelSpec, dtype: torch.dtype) -> MotionAdapter:
+    return MotionAdapter.from_pretrained(spec.path, dtype=dtype, local_files_only=True)
+
+
+def animatediff_pipeline(sd_pipe: DiffusionPipeline, adapter: MotionAdapter) -> AnimateDiffPipeline:
+    """Shares the loaded SD pipeline's text encoder, tokenizer and VAE; only the UNet is rebuilt
+    (as a UNetMotionModel holding the checkpoint's weights plus the motion modules).
+    """
+    pipe = AnimateDiffPipeline.from_pipe(sd_pipe, motion_adapter=adapter)
+    pipe.to(sd_pipe.device, sd_pipe.unet.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def run_wan(pipe: DiffusionPipeline, job: VideoJob) -> np.ndarray:
+    kwargs = {}
+    if job.image is not None:
+        kwargs["image"] = Image.open(io.BytesIO(job.image)).convert("RGB")
+    output = pipe(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt or None,
+        height=job.height,
+        width=job.width,
+        num_frames=job.num_frames,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        generator=seed_generators((job.seed,))[0],
+        output_type="np",
+        **kwargs,
+    )
+    return _to_uint8(output.frames[0])
+
+
+def run_animatediff(pipe: AnimateDiffPipeline, base_scheduler_config: dict, job: VideoJob) -> np.ndarray:
+    # The motion modules were trained with a linear beta schedule; AnimateDiff's own settings.
+    pipe.scheduler = DDIMScheduler.from_config(
+        base_scheduler_config, beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1
+    )
+    prompt_embeds, negative_embeds = encode_prompt_pair(
+        job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
+    )
+    output = pipe(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        height=job.height,
+        width=job.width,
+        num_frames=job.num_frames,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        generator=seed_generators((job.seed,))[0],
+        output_type="np",
+    )
+    return _to_uint8(output.frames[0])

@@ -1,0 +1,172 @@
+"""Reading an image a request names by URL, without letting the URL reach into the server's
+network (SSRF).
+
+A URL this server issued (`<its base>/files/<key>`) is read straight from storage. Any other URL
+must be http(s), and every address its host resolves to must be public: not private, loopback,
+link-local, multicast, reserved or unspecified, also inside IPv4-mapped and 6to4 IPv6 addresses.
+The connection goes to the vetted address itself (the host name travels in the Host header and
+TLS SNI), so a DNS answer that changes between the check and the connection (rebinding) cannot
+redirect it. Redirects are followed one hop at a time and each hop is checked the same way. The
+whole fetch has a time limit and a size limit, and the bytes must decode as an image of a bounded
+pixel count. Every refusal is an InvalidParameter naming image_url, raised before anything is
+charged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import io
+import socket
+import warnings
+from collections.abc import Awaitable, Callable, Iterable
+from urllib.parse import unquote
+
+import anyio
+import httpx
+from anyio import to_thread
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from daguerre.errors import InvalidParameter, NotFound
+from daguerre.services.storage import Storage
+from daguerre.settings import RemoteImageSettings
+
+FIELD = "image_url"
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+def refuse(url: object, why: str) -> InvalidParameter:
+    return InvalidParameter(FIELD, f"invalid {FIELD} {str(url)!r}: {why}")
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None and not is_public(str(embedded)):
+            return False
+    return ip.is_global and not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+    )
+
+
+class RemoteImages:
+    def __init__(self, settings: RemoteImageSettings, storage: Storage, resolver: Resolver = resolve) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.resolver = resolver
+
+    async def fetch(self, url: str, own_bases: Iterable[str]) -> Image.Image:
+        """The image at `url`, upright (EXIF orientation applied) and in RGB."""
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise refuse(url, f"not a URL ({exc})") from None
+        key = self._own_key(parsed, own_bases)
+        if key is not None:
+            try:
+                data = await to_thread.run_sync(self.storage.get, key)
+            except NotFound:
+                raise refuse(url, "no such file on this server") from None
+        else:
+            data = await self._download(parsed)
+        return await to_thread.run_sync(self._decode, url, data)
+
+    @staticmethod
+    def _own_key(url: httpx.URL, own_bases: Iterable[str]) -> str | None:
+        for base in own_bases:
+            own = httpx.URL(base)
+            prefix = own.path.rstrip("/") + "/files/"
+            if (url.scheme, url.host, url.port) == (own.scheme, own.host, own.port) and url.path.startswith(prefix):
+                return unquote(url.path[len(prefix) :])
+        return None
+
+    async def _download(self, url: httpx.URL) -> bytes:
+        limit = self.settings.timeout_s
+        try:
+            with anyio.fail_after(limit):
+                for _ in range(self.settings.max_redirects + 1):
+                    response_or_data = await self._hop(url)
+                    if isinstance(response_or_data, bytes):
+                        return response_or_data
+                    url = response_or_data
+        except TimeoutError:
+            raise refuse(url, f"the download took longer than {limit:g} s") from None
+        raise refuse(url, f"more than {self.settings.max_redirects} redirects")
+
+    async def _hop(self, url: httpx.URL) -> bytes | httpx.URL:
+        """Fetch one URL: its bytes, or where it redirects to."""
+        if url.scheme not in ("http", "https"):
+            raise refuse(url, "only http and https URLs are fetched")
+        if not url.host:
+            raise refuse(url, "the URL has no host")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = await self.resolver(url.host, port)
+        except OSError as exc:
+            raise refuse(url, f"cannot resolve {url.host} ({exc})") from None
+        if not addresses:
+            raise refuse(url, f"cannot resolve {url.host}")
+        if not self.settings.allow_private:
+            blocked = [a for a in addresses if not is_public(a)]
+            if blocked:
+                raise refuse(
+                    url,
+                    f"{url.host} is at {blocked[0]}, a private, loopback, link-local or reserved address; "
+                    "this server only fetches from public addresses",
+                )
+        vetted = url.copy_with(host=addresses[0])
+        headers = {"Host": url.netloc.decode("ascii"), "Accept": "image/*"}
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        max_bytes = self.settings.max_bytes
+        try:
+            # A client per hop: connections are keyed by the vetted address, and a pooled one
+            # opened for another host's TLS name must not be reused.
+            async with httpx.AsyncClient(
+                trust_env=False, follow_redirects=False, timeout=self.settings.timeout_s
+            ) as client:
+                request = client.build_request("GET", vetted, headers=headers, extensions=extensions)
+                response = await client.send(request, stream=True)
+                try:
+                    if response.status_code in _REDIRECTS:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise refuse(url, f"HTTP {response.status_code} without a Location")
+                        return url.join(location)
+                    if response.status_code != 200:
+                        raise refuse(url, f"the server answered HTTP {response.status_code}")
+                    declared = response.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > max_bytes:
+                        raise refuse(url, f"the image is {declared} bytes; the limit is {max_bytes}")
+                    data = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > max_bytes:
+                            raise refuse(url, f"the image is over the limit of {max_bytes} bytes")
+                    return bytes(data)
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise refuse(url, f"the download failed ({type(exc).__name__}: {exc})") from None
+
+    def _decode(self, url: str, data: bytes) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                # Our own pixel limit below decides; Pillow's warning would only add noise.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                width, height = image.size
+                if width * height > self.settings.max_pixels:
+                    raise refuse(
+                        url, f"the image is {width}x{height}, over the limit of {self.settings.max_pixels} pixels"
+                    )
+                image.load()
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+            raise refuse(url, "the content is not an image this server can read (PNG, JPEG, WebP, ...)") from None
+        return ImageOps.exif_transpose(image).convert("RGB")
