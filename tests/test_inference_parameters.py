@@ -185,6 +185,12 @@ def test_schema_defaults_match_the_contract() -> None:
         "num_images": 4,
         "seed": -1,
         "scheduler": None,
+        "lora": None,
+        "lora_scale": "0.75",
+        "lcm": False,
+        "image_strength": 0.75,
+        "controlnet": None,
+        "controlnet_preprocess": True,
     }
 
 

@@ -126,8 +126,8 @@ def models_add(
     kind: Annotated[
         str,
         typer.Option(
-            help="What the file is: checkpoint (an image model), upscaler (an ESRGAN-family model, docs/upscale.md) "
-            "or video (docs/video.md)"
+            help="What the file is: checkpoint (an image model), lora, controlnet, annotator "
+            "(docs/img2img-controlnet-lora.md), upscaler (docs/upscale.md) or video (docs/video.md)"
         ),
     ] = "checkpoint",
     model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
@@ -142,6 +142,10 @@ def models_add(
     config: Annotated[
         Path | None, typer.Option(help="Config skeleton folder for a single file of a custom architecture")
     ] = None,
+    controlnet: Annotated[
+        str | None, typer.Option(help="With --kind controlnet: what it follows, canny, depth or openpose")
+    ] = None,
+    lcm: Annotated[bool, typer.Option("--lcm", help="With --kind lora: an LCM-LoRA, used by lcm=true")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Register a model from local files (an SD 1.x image checkpoint by default); loaded offline."""
@@ -153,6 +157,11 @@ def models_add(
         _fail(ValueError(f"--default-scheduler must be one of {', '.join(SCHEDULER_NAMES)}"))
     if default_scale is not None and not 1 <= default_scale <= 20:
         _fail(ValueError("--default-scale must be from 1 to 20"))
+    if (kind == "controlnet") != (controlnet is not None) or controlnet not in (None, "canny", "depth", "openpose"):
+        _fail(ValueError("--kind controlnet takes --controlnet canny, depth or openpose (and only it does)"))
+    if lcm and kind != "lora":
+        _fail(ValueError("--lcm goes with --kind lora"))
+    extra_options = {"controlnet": controlnet} if controlnet else {"lcm": True} if lcm else {}
     settings = _settings(data_dir)
     with console.status(f"Inspecting {path}..."):
         try:
@@ -178,7 +187,7 @@ def models_add(
                 default_scale=default_scale,
                 default_scheduler=default_scheduler,
                 default_negative_prompt=default_negative_prompt,
-                options=info.options or None,
+                options={**info.options, **extra_options} or None,
             )
         )
     except DaguerreError as exc:

@@ -73,6 +73,57 @@ def install_demo_upscalers(settings: Settings, catalog: CatalogService) -> list[
     return records
 
 
+def _install_extra(catalog: CatalogService, new: NewModel, build: Callable[[Path], object]) -> ModelRecord:
+    try:
+        return catalog.get(new.id or "")
+    except NotFound:
+        pass
+    if not new.path.exists():
+        build(new.path)
+    return catalog.add(new)
+
+
+def install_demo_extras(settings: Settings, catalog: CatalogService) -> None:
+    """A LoRA, an LCM-LoRA, the three ControlNets and the depth and openpose annotators for the
+    demo model, all tiny random weights, so every img2img/ControlNet/LoRA/LCM path can be tried."""
+    from daguerre.engine import tiny_models as tiny  # torch only when building
+
+    base = Path(catalog.get(DEMO_MODEL_ID).latest.path)
+    folder = settings.models_dir
+    extras: list[tuple[NewModel, Callable[[Path], object]]] = [
+        (
+            NewModel(folder / "demo-lora.safetensors", Format.SINGLE_FILE, "Demo LoRA (random weights)",
+                     kind=Kind.LORA, id="demo-lora", options={"layout": "kohya"}),
+            lambda path: tiny.build_tiny_lora(base, path, layout="kohya", seed=1),
+        ),
+        (
+            NewModel(folder / "demo-lcm-lora.safetensors", Format.SINGLE_FILE, "Demo LCM-LoRA (random weights)",
+                     kind=Kind.LORA, id="demo-lcm-lora", options={"layout": "diffusers", "lcm": True}),
+            lambda path: tiny.build_tiny_lora(base, path, layout="diffusers", seed=2),
+        ),
+        *(
+            (
+                NewModel(folder / f"demo-controlnet-{name}", Format.DIFFUSERS, f"Demo ControlNet {name} (random weights)",
+                         kind=Kind.CONTROLNET, id=f"demo-controlnet-{name}", options={"controlnet": name}),
+                lambda path, seed=seed: tiny.build_tiny_controlnet(base, path, seed=seed),
+            )
+            for seed, name in enumerate(("canny", "depth", "openpose"), start=3)
+        ),
+        (
+            NewModel(folder / "demo-depth", Format.DIFFUSERS, "Demo depth annotator (Depth Anything, random weights)",
+                     kind=Kind.ANNOTATOR, id="demo-depth", family="any", options={"annotator": "depth"}),
+            tiny.build_tiny_depth_annotator,
+        ),
+        (
+            NewModel(folder / "demo-openpose", Format.SINGLE_FILE, "Demo openpose annotator (random weights)",
+                     kind=Kind.ANNOTATOR, id="demo-openpose", family="any", options={"annotator": "openpose"}),
+            tiny.build_tiny_openpose_annotator,
+        ),
+    ]
+    for new, build in extras:
+        _install_extra(catalog, new, build)
+
+
 def install_demo_video_models(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:
     """Idempotent: tiny random Wan 2.1 text- and image-to-video models, and an AnimateDiff motion
     adapter that animates the demo image model. They default to short clips (9 frames, 4 steps) so
@@ -136,6 +187,7 @@ def install_demo(settings: Settings, catalog: CatalogService) -> None:
 DEMO_INSTALLERS: list[Callable[[Settings, CatalogService], object]] = [
     install_demo_model,
     install_demo_upscalers,
+    install_demo_extras,
     install_demo_video_models,
 ]
 

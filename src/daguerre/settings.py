@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(2, ge=1, description="pipelines kept resident, least recently used evicted")
     max_queue: int = Field(32, ge=1, description="jobs waiting or running before 'server busy'")
     max_num_images: int = Field(4, ge=1, le=16)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="init_image_file size limit")
+    max_upload_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard for init_image_file")
+    upload_background: str = Field("white", description="colour transparent uploads are flattened onto")
 
     default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     pricing: Pricing = Field(default_factory=Pricing)

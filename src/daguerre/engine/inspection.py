@@ -82,6 +82,54 @@ def inspect_upscaler(path: Path) -> CheckpointInfo:
     return CheckpointInfo("single_file", descriptor.architecture.id.lower(), {"scale": descriptor.scale})
 
 
+def inspect_lora(path: Path) -> CheckpointInfo:
+    """A LoRA .safetensors file (or a folder with pytorch_lora_weights.safetensors) in the
+    kohya/A1111 layout (`lora_unet_...`, `lora_te_...`) or the diffusers one (`unet.`, `text_encoder.`)."""
+    file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+    if file.suffix != ".safetensors" or not file.exists():
+        raise UnsupportedModel(f"{path}: expected a LoRA .safetensors file (or a diffusers LoRA folder)")
+    keys = _keys(file)
+    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
+        raise UnsupportedModel(f"{path} is an SDXL LoRA; this server serves the SD 1.x family")
+    if any(k.startswith(("lora_unet_", "lora_te_")) for k in keys):
+        layout = "kohya"
+    elif any(k.startswith(("unet.", "text_encoder.")) for k in keys):
+        layout = "diffusers"
+    else:
+        raise UnsupportedModel(f"{path} is not a LoRA in the kohya/A1111 or diffusers layout")
+    return CheckpointInfo("diffusers" if path.is_dir() else "single_file", "sd15", {"layout": layout})
+
+
+def inspect_controlnet(path: Path) -> CheckpointInfo:
+    """A ControlNet as a diffusers folder (config.json + weights); its type comes from --controlnet."""
+    config = path / "config.json"
+    if not path.is_dir() or not config.exists():
+        raise UnsupportedModel(f"{path}: expected a diffusers ControlNet folder (config.json and weights)")
+    settings = json.loads(config.read_text())
+    if settings.get("_class_name") != "ControlNetModel":
+        raise UnsupportedModel(f"{path} holds a {settings.get('_class_name')}, not a ControlNetModel")
+    if settings.get("addition_embed_type") == "text_time":
+        raise UnsupportedModel(f"{path} is an SDXL ControlNet; this server serves the SD 1.x family")
+    return CheckpointInfo("diffusers", "sd15")
+
+
+def inspect_annotator(path: Path) -> CheckpointInfo:
+    """A depth-estimation model folder for transformers (config.json, weights, image processor),
+    or a folder with OpenPose's body_pose_model.pth (controlnet_aux)."""
+    if (path / "body_pose_model.pth").exists():
+        return CheckpointInfo("single_file", "any", {"annotator": "openpose"})
+    config = path / "config.json"
+    if path.is_dir() and config.exists():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if any(a.endswith("ForDepthEstimation") for a in architectures):
+            if not (path / "preprocessor_config.json").exists():
+                raise UnsupportedModel(f"{path} has no preprocessor_config.json (the image processor)")
+            return CheckpointInfo("diffusers", "any", {"annotator": "depth"})
+    raise UnsupportedModel(
+        f"{path}: expected a transformers depth-estimation folder or a folder with body_pose_model.pth"
+    )
+
+
 def _json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -141,6 +189,9 @@ def inspect_video(path: Path) -> CheckpointInfo:
 INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "checkpoint": inspect_checkpoint,
     "upscaler": inspect_upscaler,
+    "lora": inspect_lora,
+    "controlnet": inspect_controlnet,
+    "annotator": inspect_annotator,
     "video": inspect_video,
 }
 

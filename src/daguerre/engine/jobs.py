@@ -19,6 +19,30 @@ class ModelSpec:
     config_path: str | None = None
 
 
+# The scheduler name of LCM sampling (lcm=true); not one a request can name.
+LCM_SCHEDULER = "LCM"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA file (kohya or diffusers layout) and the weight to apply it with."""
+
+    id: str
+    version: str
+    path: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class AuxiliarySpec:
+    """A ControlNet or annotator model on disk; `kind` is canny, depth or openpose."""
+
+    id: str
+    version: str
+    path: str
+    kind: str
+
+
 @dataclass(frozen=True)
 class TextToImageJob:
     model: ModelSpec
@@ -28,8 +52,23 @@ class TextToImageJob:
     height: int
     steps: int
     guidance_scale: float
-    scheduler: str
+    scheduler: str  # a contract scheduler name, or "LCM" for LCM sampling
     seeds: tuple[int, ...]
+    loras: tuple[LoraSpec, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageToImageJob(TextToImageJob):
+    init_image: bytes  # PNG, already width x height
+    strength: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlNetJob(TextToImageJob):
+    control_image: bytes  # PNG, already width x height: a photo to annotate, or a ready-made map
+    controlnet: AuxiliarySpec
+    annotator: AuxiliarySpec | None  # None for canny (no weights) or when preprocess is off
+    preprocess: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +128,7 @@ Job = TextToImageJob | UpscaleJob | HiresFixJob | VideoJob
 class ImagesResult:
     images: tuple[bytes, ...]  # PNG-encoded, in the order of the job's seeds
     extension: str = ".png"
+    control_image: bytes | None = None  # PNG: the control map a ControlNet job used
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,27 @@ ServerBusy instead of waiting without bound.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from diffusers import StableDiffusionPipeline
+from diffusers import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
+from PIL import Image
 from spandrel import ImageModelDescriptor
 
+from daguerre.engine.annotators import Annotator, canny, load_annotator
 from daguerre.engine.client import EngineClient
 from daguerre.engine.devices import pick_device, pick_dtype
 from daguerre.engine.jobs import (
+    AuxiliarySpec,
+    ControlNetJob,
     EngineStatus,
     HiresFixJob,
+    ImageToImageJob,
     ImagesResult,
     Job,
     ModelSpec,
@@ -33,10 +39,13 @@ from daguerre.engine.jobs import (
     VideoResult,
 )
 from daguerre.engine.loaders import load_text_to_image
+from daguerre.engine.lora import LoraState, activate_loras, remove_loras
 from daguerre.engine.model_cache import ModelCache
 from daguerre.engine.pipelines import video
+from daguerre.engine.pipelines.controlnet import controlnet_images
 from daguerre.engine.pipelines.hires_fix import hires_fix
-from daguerre.engine.pipelines.text_to_image import text_to_image
+from daguerre.engine.pipelines.image_to_image import image_to_image
+from daguerre.engine.pipelines.text_to_image import encode_png, text_to_image
 from daguerre.engine.upscaling import load_upscaler, upscale
 from daguerre.engine.video_encoding import encode_mp4
 from daguerre.errors import GenerationFailed, ServerBusy
@@ -49,6 +58,8 @@ class LoadedPipeline:
     pipe: StableDiffusionPipeline
     # The scheduler config as loaded, before any job swapped the pipeline's scheduler.
     scheduler_config: dict
+    # The LoRAs loaded into this pipeline; they stay loaded, switched per job.
+    loras: LoraState = field(default_factory=LoraState)
 
 
 @dataclass(frozen=True)
@@ -77,10 +88,13 @@ class LocalEngine(EngineClient):
         max_queue: int = 32,
         video_cpu_offload: bool = False,
         video_vae_tiling: bool = True,
+        max_loaded_auxiliaries: int = 4,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.cache = ModelCache(max_loaded_models)
+        # ControlNets and annotators, apart so that loading one never evicts a checkpoint.
+        self.auxiliaries = ModelCache(max_loaded_auxiliaries)
         self._cache_dir = cache_dir
         self._max_queue = max_queue
         self._video_cpu_offload = video_cpu_offload
@@ -129,19 +143,28 @@ class LocalEngine(EngineClient):
     def run(self, job: Job) -> Result:
         """Run one job on this thread; public so benchmarks and tests can call it directly."""
         try:
-            if isinstance(job, TextToImageJob):
-                loaded = self.pipeline(job.model)
-                images = text_to_image(loaded.pipe, loaded.scheduler_config, job)
-                return ImagesResult(tuple(images))
             if isinstance(job, UpscaleJob):
                 return ImagesResult((upscale(self.upscaler(job.upscaler), job),))
             if isinstance(job, HiresFixJob):
                 loaded = self.pipeline(job.render.model)
+                # The re-render uses the original inference's LoRAs too.
+                activate_loras(loaded.pipe, loaded.loras, job.render.loras)
                 upscaler = self.upscaler(job.upscaler) if job.upscaler else None
                 return ImagesResult((hires_fix(loaded.pipe, loaded.scheduler_config, upscaler, job),))
             if isinstance(job, VideoJob):
                 return VideoResult(encode_mp4(self.video_frames(job), job.fps))
-            raise TypeError(f"unknown job type {type(job).__name__}")
+            if not isinstance(job, TextToImageJob):
+                raise TypeError(f"unknown job type {type(job).__name__}")
+            loaded = self.pipeline(job.model)
+            activate_loras(loaded.pipe, loaded.loras, job.loras)
+            if isinstance(job, ControlNetJob):
+                control_map = self.control_map(job)
+                controlnet = self.controlnet(job.controlnet)
+                images = controlnet_images(loaded.pipe, loaded.scheduler_config, job, controlnet, control_map)
+                return ImagesResult(tuple(images), control_image=encode_png(control_map))
+            if isinstance(job, ImageToImageJob):
+                return ImagesResult(tuple(image_to_image(loaded.pipe, loaded.scheduler_config, job)))
+            return ImagesResult(tuple(text_to_image(loaded.pipe, loaded.scheduler_config, job)))
         except Exception as exc:
             log.exception("job failed")
             raise GenerationFailed(f"generation failed: {exc}") from exc
@@ -154,7 +177,27 @@ class LocalEngine(EngineClient):
         return self.cache.get(spec, load)
 
     def upscaler(self, spec: ModelSpec) -> ImageModelDescriptor:
-        return self.cache.get(spec, lambda: load_upscaler(spec, self.device, self.dtype))
+        # With the ControlNets and annotators: small models that must not evict a checkpoint.
+        return self.auxiliaries.get(("upscaler", spec), lambda: load_upscaler(spec, self.device, self.dtype))
+
+    def controlnet(self, spec: AuxiliarySpec) -> ControlNetModel:
+        def load() -> ControlNetModel:
+            model = ControlNetModel.from_pretrained(spec.path, dtype=self.dtype, local_files_only=True)
+            return model.to(self.device)
+
+        return self.auxiliaries.get(("controlnet", spec), load)
+
+    def control_map(self, job: ControlNetJob) -> Image.Image:
+        image = Image.open(io.BytesIO(job.control_image)).convert("RGB")
+        if not job.preprocess:
+            return image
+        if job.controlnet.kind == "canny":
+            return canny(image)
+        annotator = job.annotator
+        if annotator is None:
+            raise ValueError(f"a {job.controlnet.kind} ControlNet job needs an annotator or preprocess=False")
+        annotate: Annotator = self.auxiliaries.get(("annotator", annotator), lambda: load_annotator(annotator, self.device))
+        return annotate(image)
 
     def video_frames(self, job: VideoJob) -> np.ndarray:
         if job.architecture == "wan":
@@ -168,9 +211,14 @@ class LocalEngine(EngineClient):
         if job.motion_adapter is None:
             raise ValueError("an AnimateDiff job needs a motion adapter")
         base = self.pipeline(job.model)
+        # The motion pipeline shares the base text encoder, so no LoRA of an earlier image job may
+        # stay active; and it copies the base UNet's weights when built, which needs plain layers.
+        activate_loras(base.pipe, base.loras, ())
         adapter = job.motion_adapter
-        pipe = self.cache.get(
-            AnimatedKey(job.model, adapter),
-            lambda: video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype)),
-        )
+
+        def build() -> AnimateDiffPipeline:
+            remove_loras(base.pipe, base.loras)
+            return video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype))
+
+        pipe = self.cache.get(AnimatedKey(job.model, adapter), build)
         return video.run_animatediff(pipe, base.scheduler_config, job)

@@ -7,6 +7,7 @@
 | K_EULER            | Euler           | EulerDiscreteScheduler                               |
 | PNDM               | PLMS            | PNDMScheduler (skip_prk_steps)                       |
 | KLMS               | LMS             | LMSDiscreteScheduler                                 |
+| (lcm=true)         | LCM             | LCMScheduler, only with an LCM-LoRA loaded           |
 
 Each job gets a fresh scheduler built from the model's own scheduler config (its betas and
 prediction type), so switching schedulers never reloads anything and jobs never share state.
@@ -21,10 +22,13 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from daguerre.engine.jobs import LCM_SCHEDULER
 
 _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "DPMSolverMultistep": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -33,9 +37,11 @@ _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "K_EULER": (EulerDiscreteScheduler, {}),
     "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
     "KLMS": (LMSDiscreteScheduler, {}),
+    LCM_SCHEDULER: (LCMScheduler, {}),
 }
 
-SCHEDULER_NAMES = tuple(_SCHEDULERS)
+# What a request or a model default may name; LCM comes only with lcm=true.
+SCHEDULER_NAMES = tuple(name for name in _SCHEDULERS if name != LCM_SCHEDULER)
 
 
 def make_scheduler(name: str, base_config: Any) -> SchedulerMixin:

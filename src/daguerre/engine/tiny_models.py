@@ -137,6 +137,112 @@ def build_tiny_rrdbnet(path: Path, scale: int, seed: int = 0, num_feat: int = 16
     return path
 
 
+def _randomize(parameters: list[torch.Tensor], std: float) -> None:
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.normal_(0.0, std)
+
+
+def build_tiny_lora(pipeline_folder: Path, target: Path, layout: str = "diffusers", seed: int = 0) -> Path:
+    """A random rank-4 LoRA (UNet attention and CLIP attention) for a tiny pipeline, saved as one
+    .safetensors file in the diffusers layout (`unet.…lora_A`) or the kohya/A1111 one
+    (`lora_unet_…lora_down`, `lora_te_…`, with alphas), as Civitai LoRAs are."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    # peft starts lora_B at zero (no effect); random both ways so the LoRA visibly changes the image.
+    for model in (pipe.unet, pipe.text_encoder):
+        _randomize([p for n, p in model.named_parameters() if "lora_" in n], 0.05)
+    unet = get_peft_model_state_dict(pipe.unet)
+    text_encoder = get_peft_model_state_dict(pipe.text_encoder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "diffusers":
+        StableDiffusionPipeline.save_lora_weights(
+            target.parent,
+            unet_lora_layers=convert_state_dict_to_diffusers(unet),
+            text_encoder_lora_layers=convert_state_dict_to_diffusers(text_encoder),
+            weight_name=target.name,
+        )
+    elif layout == "kohya":
+        peft = {f"unet.{k}": v for k, v in unet.items()} | {f"text_encoder.{k}": v for k, v in text_encoder.items()}
+        # diffusers writes SDXL's "lora_te1_" prefix; SD 1.x kohya files name the CLIP modules
+        # "lora_te_text_model_encoder_...".
+        converted = convert_state_dict_to_kohya(peft)
+        kohya = {k.replace("lora_te1_", "lora_te_text_model_"): v.contiguous() for k, v in converted.items()}
+        save_file(kohya, str(target))
+    else:
+        raise ValueError(f"unknown LoRA layout {layout!r}; known: diffusers, kohya")
+    return target
+
+
+def build_tiny_controlnet(pipeline_folder: Path, target: Path, seed: int = 0) -> Path:
+    """A ControlNet made from the tiny UNet, as ControlNet training starts; its zero convolutions
+    get random weights so that the control map visibly steers the image."""
+    from diffusers import ControlNetModel
+
+    unet = UNet2DConditionModel.from_pretrained(pipeline_folder, subfolder="unet", local_files_only=True)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
+    torch.manual_seed(seed)
+    zero_convs = [*controlnet.controlnet_down_blocks.parameters(), *controlnet.controlnet_mid_block.parameters()]
+    _randomize(zero_convs, 0.05)
+    controlnet.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def build_tiny_depth_annotator(target: Path, seed: int = 0) -> Path:
+    """A tiny random Depth Anything model with its image processor, loadable by transformers'
+    depth-estimation pipeline."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        patch_size=14,
+        image_size=56,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+        reassemble_hidden_size=16,
+    )
+    DepthAnythingForDepthEstimation(config).save_pretrained(target)
+    DPTImageProcessor(
+        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14, do_pad=False
+    ).save_pretrained(target)
+    return target
+
+
+def build_tiny_openpose_annotator(target: Path, seed: int = 0) -> Path:
+    """controlnet_aux's OpenPose body network (the real architecture; it has no width setting, so
+    this is about 200 MB) with random weights, saved as body_pose_model.pth in the original key
+    layout. The last stage's output layers are zeroed: random heatmaps would be full of spurious
+    peaks that make the keypoint grouping crawl, whereas zero heatmaps find nobody, which is the
+    map OpenPose draws for a photo without people."""
+    from controlnet_aux.open_pose.model import bodypose_model
+
+    torch.manual_seed(seed)
+    model = bodypose_model()
+    state = model.state_dict()
+    for name, tensor in state.items():
+        if name.split(".")[1].startswith("Mconv7_stage6"):
+            tensor.zero_()
+    target.mkdir(parents=True, exist_ok=True)
+    # The original file's keys lack the stage prefix (model0.conv1_1.weight -> conv1_1.weight).
+    torch.save({name.split(".", 1)[1]: tensor for name, tensor in state.items()}, target / "body_pose_model.pth")
+    return target
+
+
 def _tiny_t5_tokenizer():  # type: ignore[no-untyped-def]
     """A T5-style (Unigram, SentencePiece-like) tokenizer over single characters.
 

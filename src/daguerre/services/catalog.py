@@ -24,6 +24,9 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 class Kind(StrEnum):
     CHECKPOINT = "checkpoint"
     UPSCALER = "upscaler"  # a super-resolution model spandrel loads; options["scale"] is its native factor
+    LORA = "lora"  # options: layout (kohya | diffusers), lcm (true for an LCM-LoRA)
+    CONTROLNET = "controlnet"  # options: controlnet (canny | depth | openpose)
+    ANNOTATOR = "annotator"  # options: annotator (depth | openpose)
     VIDEO = "video"
 
 

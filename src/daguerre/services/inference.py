@@ -12,7 +12,7 @@ from dataclasses import asdict
 from anyio import to_thread
 
 from daguerre.engine.client import EngineClient
-from daguerre.engine.jobs import ModelSpec, TextToImageJob
+from daguerre.engine.jobs import LCM_SCHEDULER, ControlNetJob, ImageToImageJob, ModelSpec, TextToImageJob
 from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.inference import (
     DEFAULT_SCALE,
@@ -21,12 +21,19 @@ from daguerre.protocol.inference import (
     InferenceRequest,
     InferenceResponse,
 )
+from daguerre.services import adapters
 from daguerre.services.accounts import AccountService, TokenInfo, from_milli
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord, Version
 from daguerre.services.inferences import InferenceStore, new_inference_id
 from daguerre.services.pricing import image_cost
 from daguerre.services.storage import Storage
+from daguerre.services.uploads import prepare_image
 from daguerre.settings import Settings
+
+# lcm=true: steps and guidance suited to an LCM-LoRA, used when the request gives none (the
+# model's default scale is for ordinary sampling, so it does not apply).
+LCM_STEPS = 6
+LCM_SCALE = 1.5
 
 
 def model_spec(model: ModelRecord, version: Version) -> ModelSpec:
@@ -70,31 +77,23 @@ class InferenceService:
         self.storage = storage
         self.engine = engine
 
-    async def text_to_image(self, token: TokenInfo, request: InferenceRequest, base_url: str) -> InferenceResponse:
+    async def text_to_image(
+        self, token: TokenInfo, request: InferenceRequest, base_url: str, init_image: bytes | None = None
+    ) -> InferenceResponse:
+        """Text-to-image, or image-to-image / ControlNet when `init_image` (the upload's bytes) is given."""
         if request.num_images > self.settings.max_num_images:
             raise InvalidParameter.bad_value(
                 "num_images", request.num_images, f"must be an integer from 1 to {self.settings.max_num_images}"
             )
+        if request.controlnet and init_image is None:
+            raise InvalidParameter.missing("init_image_file")  # the photo or map a ControlNet follows
+        prompt, lora_weights = adapters.requested_loras(request)
         model = await to_thread.run_sync(self.catalog.get, request.model_id, Kind.CHECKPOINT)
         version = model.version(request.version)
-        base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
-        negative = request.negative_prompt
-        if request.use_default_neg:
-            negative = join_negative(negative, model.default_negative_prompt or self.settings.default_negative_prompt)
-        job = TextToImageJob(
-            model=model_spec(model, version),
-            prompt=request.prompt,
-            negative_prompt=negative,
-            width=request.width,
-            height=request.height,
-            steps=request.steps,
-            guidance_scale=request.scale if request.scale is not None else (model.default_scale or DEFAULT_SCALE),
-            scheduler=request.scheduler or model.default_scheduler or DEFAULT_SCHEDULER,
-            seeds=tuple(base_seed + i for i in range(request.num_images)),
-        )
-        cost = image_cost(self.settings.pricing, job.width, job.height, job.steps, request.num_images)
+        job = await to_thread.run_sync(self._job, request, model, version, prompt, lora_weights, init_image)
+        cost = image_cost(self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm)
         inf_id = new_inference_id()
-        params = {k: v for k, v in asdict(job).items() if k != "model"}
+        params = {k: v for k, v in asdict(job).items() if k != "model" and not isinstance(v, bytes)}
         await to_thread.run_sync(self.accounts.charge, token.id, cost, inf_id)
         try:
             await to_thread.run_sync(
@@ -102,7 +101,12 @@ class InferenceService:
             )
             result = await self.engine.submit(job)
             keys = [self.storage.new_key("images", result.extension) for _ in result.images]
-            await to_thread.run_sync(self._store_all, keys, result.images)
+            outputs = dict(zip(keys, result.images, strict=True))
+            control_key = None
+            if result.control_image is not None:
+                control_key = self.storage.new_key("images", ".png")
+                outputs[control_key] = result.control_image
+            await to_thread.run_sync(self._store_all, list(outputs), tuple(outputs.values()))
             await to_thread.run_sync(self.inferences.finish, inf_id, keys)
         except BaseException as exc:
             await to_thread.run_sync(undo_charge, self.accounts, self.inferences, token.id, cost, inf_id, exc)
@@ -112,7 +116,69 @@ class InferenceService:
             credit_cost=from_milli(cost),
             inf_id=inf_id,
             seeds=list(job.seeds),
+            control_image=f"{base_url}/files/{control_key}" if control_key else None,
         )
+
+    def _job(
+        self,
+        request: InferenceRequest,
+        model: ModelRecord,
+        version: Version,
+        prompt: str,
+        lora_weights: dict[str, float],
+        init_image: bytes | None,
+    ) -> TextToImageJob:
+        """Resolve defaults, LoRAs, LCM and ControlNet against the catalog; prepare the upload."""
+        loras = adapters.lora_specs(self.catalog, model, lora_weights)
+        if request.lcm:
+            loras = (*loras, adapters.lcm_lora(self.catalog, model))
+            steps = request.steps if "steps" in request.model_fields_set else LCM_STEPS
+            scale = request.scale if request.scale is not None else LCM_SCALE
+            scheduler = LCM_SCHEDULER
+        else:
+            steps = request.steps
+            scale = request.scale if request.scale is not None else (model.default_scale or DEFAULT_SCALE)
+            scheduler = request.scheduler or model.default_scheduler or DEFAULT_SCHEDULER
+        control = (
+            adapters.controlnet_specs(self.catalog, model, request.controlnet, request.controlnet_preprocess)
+            if request.controlnet
+            else None
+        )
+        base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        negative = request.negative_prompt
+        if request.use_default_neg:
+            negative = join_negative(negative, model.default_negative_prompt or self.settings.default_negative_prompt)
+        common = dict(
+            model=model_spec(model, version),
+            prompt=prompt,
+            negative_prompt=negative,
+            width=request.width,
+            height=request.height,
+            steps=steps,
+            guidance_scale=scale,
+            scheduler=scheduler,
+            seeds=tuple(base_seed + i for i in range(request.num_images)),
+            loras=loras,
+        )
+        if init_image is None:
+            return TextToImageJob(**common)  # type: ignore[arg-type]
+        prepared = prepare_image(
+            init_image,
+            request.width,
+            request.height,
+            self.settings.max_upload_pixels,
+            self.settings.upload_background,
+        )
+        if control is not None:
+            controlnet, annotator = control
+            return ControlNetJob(
+                **common,  # type: ignore[arg-type]
+                control_image=prepared,
+                controlnet=controlnet,
+                annotator=annotator,
+                preprocess=request.controlnet_preprocess,
+            )
+        return ImageToImageJob(**common, init_image=prepared, strength=request.image_strength)  # type: ignore[arg-type]
 
     def _store_all(self, keys: list[str], blobs: tuple[bytes, ...]) -> None:
         for key, blob in zip(keys, blobs, strict=True):

@@ -9,10 +9,12 @@ _REFERENCE_PIXELS = 512 * 512
 _REFERENCE_STEPS = 30
 
 
-def image_cost(pricing: Pricing, width: int, height: int, steps: int, num_images: int) -> int:
-    """cost = num_images * max(min_image_cost, image_rate * pixels/512² * steps/30), to 0.01."""
+def image_cost(pricing: Pricing, width: int, height: int, steps: int, num_images: int, lcm: bool = False) -> int:
+    """cost = num_images * max(min_image_cost, image_rate * pixels/512² * steps/30), to 0.01;
+    half that with lcm, as the hosted service charges."""
     per_image = pricing.image_rate * (width * height / _REFERENCE_PIXELS) * (steps / _REFERENCE_STEPS)
-    return to_milli(round(num_images * max(pricing.min_image_cost, per_image), 2))
+    factor = 0.5 if lcm else 1.0
+    return to_milli(round(num_images * max(pricing.min_image_cost, per_image) * factor, 2))
 
 
 _MEGAPIXEL = 1024 * 1024

@@ -16,7 +16,7 @@ from anyio import to_thread
 from PIL import Image
 
 from daguerre.engine.client import EngineClient
-from daguerre.engine.jobs import HiresFixJob, Job, ModelSpec, TextToImageJob, Tiling, UpscaleJob
+from daguerre.engine.jobs import HiresFixJob, Job, LoraSpec, ModelSpec, TextToImageJob, Tiling, UpscaleJob
 from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.upscale import HIRES_FIX_SCALE, UpscaleRequest, UpscaleResponse
 from daguerre.services.accounts import AccountService, TokenInfo, from_milli
@@ -52,6 +52,7 @@ def stored_render(params: dict[str, Any], model: ModelSpec) -> TextToImageJob:
     known = {f.name for f in fields(TextToImageJob)} - {"model"}
     values = {k: v for k, v in params.items() if k in known}
     values["seeds"] = tuple(values["seeds"])
+    values["loras"] = tuple(LoraSpec(**lora) for lora in values.get("loras", ()))
     return TextToImageJob(model=model, **values)
 
 

@@ -40,6 +40,9 @@ async def models(request: Request) -> ModelsResponse:
     await authenticate(request, fields)
     catalog = services(request).catalog
     checkpoints = await to_thread.run_sync(catalog.list, Kind.CHECKPOINT)
+    loras = await to_thread.run_sync(catalog.list, Kind.LORA)
     videos = await to_thread.run_sync(services(request).video.listing)
     video_models = [ModelEntry(**{**entry(m).model_dump(), **extra}) for m, extra in videos]
-    return ModelsResponse(models=[entry(m) for m in checkpoints], loras=[], video_models=video_models)
+    return ModelsResponse(
+        models=[entry(m) for m in checkpoints], loras=[entry(m) for m in loras], video_models=video_models
+    )
