@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
 from PIL import Image
 
 from daguerre.app import create_app
@@ -20,7 +19,11 @@ from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import EngineStatus, ImagesResult
 from daguerre.engine.local import LocalEngine
 from daguerre.engine.skeletons import skeleton_of
-from daguerre.engine.tiny_models import build_tiny_rrdbnet, build_tiny_sd15, export_single_file
+from daguerre.engine.tiny_models import (
+    build_tiny_rrdbnet,
+    build_tiny_sd15,
+    export_single_file,
+)
 from daguerre.errors import GenerationFailed
 from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings

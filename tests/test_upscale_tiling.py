@@ -11,7 +11,12 @@ from PIL import Image
 from spandrel import ImageModelDescriptor
 
 from daguerre.engine.jobs import ModelSpec, Tiling
-from daguerre.engine.upscaling import load_upscaler, tile_starts, upscale_image, upscale_tiled
+from daguerre.engine.upscaling import (
+    load_upscaler,
+    tile_starts,
+    upscale_image,
+    upscale_tiled,
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ from daguerre.settings import Settings
 
 
 def default_engine(settings: Settings) -> EngineClient:
-    from daguerre.engine.local import LocalEngine  # torch is imported only when an engine is built
+    from daguerre.engine.local import (
+        LocalEngine,  # torch is imported only when an engine is built
+    )
 
     return LocalEngine(
         cache_dir=settings.cache_dir,

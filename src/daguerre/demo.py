@@ -9,7 +9,13 @@ from pathlib import Path
 
 from daguerre.errors import DaguerreError, NotFound
 from daguerre.services.accounts import AccountService
-from daguerre.services.catalog import CatalogService, Format, Kind, ModelRecord, NewModel
+from daguerre.services.catalog import (
+    CatalogService,
+    Format,
+    Kind,
+    ModelRecord,
+    NewModel,
+)
 from daguerre.settings import Settings
 
 DEMO_MODEL_ID = "demo"
@@ -130,7 +136,10 @@ def install_demo_video_models(settings: Settings, catalog: CatalogService) -> li
     a CPU answers in seconds; on a CPU, DAGUERRE_VIDEO__RESOLUTION_SCALE=0.25 shortens it further.
     """
     from daguerre.engine.inspection import inspect_model
-    from daguerre.engine.tiny_models import build_tiny_motion_adapter, build_tiny_wan  # torch only when building
+    from daguerre.engine.tiny_models import (  # torch only when building
+        build_tiny_motion_adapter,
+        build_tiny_wan,
+    )
 
     demos: list[tuple[str, str, str, Callable[[Path], Path], dict[str, object]]] = [
         ("demo-t2v", "demo-wan-t2v", "Demo Wan 2.1 text-to-video", build_tiny_wan, {}),

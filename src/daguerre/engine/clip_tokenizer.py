@@ -9,9 +9,9 @@ trained with.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from functools import lru_cache
-import importlib.util
 from pathlib import Path
 
 BOS = "<|startoftext|>"

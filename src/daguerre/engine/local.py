@@ -28,8 +28,8 @@ from daguerre.engine.jobs import (
     ControlNetJob,
     EngineStatus,
     HiresFixJob,
-    ImageToImageJob,
     ImagesResult,
+    ImageToImageJob,
     Job,
     ModelSpec,
     Result,
@@ -45,10 +45,11 @@ from daguerre.engine.pipelines import video
 from daguerre.engine.pipelines.controlnet import controlnet_images
 from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.image_to_image import image_to_image
-from daguerre.engine.pipelines.text_to_image import encode_png, text_to_image
+from daguerre.engine.pipelines.text_to_image import text_to_image
 from daguerre.engine.upscaling import load_upscaler, upscale
 from daguerre.engine.video_encoding import encode_mp4
 from daguerre.errors import GenerationFailed, ServerBusy
+from daguerre.imaging import encode_png
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -147,7 +152,10 @@ def build_tiny_lora(pipeline_folder: Path, target: Path, layout: str = "diffuser
     """A random rank-4 LoRA (UNet attention and CLIP attention) for a tiny pipeline, saved as one
     .safetensors file in the diffusers layout (`unet.…lora_A`) or the kohya/A1111 one
     (`lora_unet_…lora_down`, `lora_te_…`, with alphas), as Civitai LoRAs are."""
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_kohya,
+    )
     from peft import LoraConfig, get_peft_model_state_dict
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
@@ -196,7 +204,12 @@ def build_tiny_controlnet(pipeline_folder: Path, target: Path, seed: int = 0) ->
 def build_tiny_depth_annotator(target: Path, seed: int = 0) -> Path:
     """A tiny random Depth Anything model with its image processor, loadable by transformers'
     depth-estimation pipeline."""
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessor,
+    )
 
     torch.manual_seed(seed)
     backbone = Dinov2Config(
@@ -278,7 +291,13 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
         WanPipeline,
         WanTransformer3DModel,
     )
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     torch.manual_seed(seed)
     tokenizer, vocab_size = _tiny_t5_tokenizer()

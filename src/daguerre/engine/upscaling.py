@@ -23,7 +23,7 @@ from PIL import Image
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedDtypeError
 
 from daguerre.engine.jobs import ModelSpec, Tiling, UpscaleJob
-from daguerre.engine.pipelines.text_to_image import encode_png
+from daguerre.imaging import encode_png
 
 
 def load_upscaler(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> ImageModelDescriptor:

@@ -12,8 +12,14 @@ from dataclasses import asdict
 from anyio import to_thread
 
 from daguerre.engine.client import EngineClient
-from daguerre.engine.jobs import LCM_SCHEDULER, ControlNetJob, ImageToImageJob, ModelSpec, TextToImageJob
-from daguerre.errors import DaguerreError, InvalidParameter
+from daguerre.engine.jobs import (
+    LCM_SCHEDULER,
+    ControlNetJob,
+    ImageToImageJob,
+    ModelSpec,
+    TextToImageJob,
+)
+from daguerre.errors import InvalidParameter
 from daguerre.protocol.inference import (
     DEFAULT_SCALE,
     DEFAULT_SCHEDULER,
@@ -23,8 +29,9 @@ from daguerre.protocol.inference import (
 )
 from daguerre.services import adapters
 from daguerre.services.accounts import AccountService, TokenInfo, from_milli
+from daguerre.services.billing import Billing
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord, Version
-from daguerre.services.inferences import InferenceStore, new_inference_id
+from daguerre.services.inferences import InferenceStore
 from daguerre.services.pricing import image_cost
 from daguerre.services.storage import Storage
 from daguerre.services.uploads import prepare_image
@@ -51,14 +58,6 @@ def join_negative(negative_prompt: str, default: str) -> str:
     return ", ".join(p for p in (negative_prompt.strip(), default.strip()) if p)
 
 
-def undo_charge(
-    accounts: AccountService, inferences: InferenceStore, token_id: int, cost: int, inf_id: str, exc: BaseException
-) -> None:
-    """Failed work costs nothing: refund the charge and mark the record failed."""
-    message = exc.message if isinstance(exc, DaguerreError) else type(exc).__name__
-    accounts.refund(token_id, cost, inf_id, note=message)
-    inferences.fail(inf_id, message)
-
 
 class InferenceService:
     def __init__(
@@ -75,6 +74,7 @@ class InferenceService:
         self.catalog = catalog
         self.inferences = inferences
         self.storage = storage
+        self.billing = Billing(accounts, inferences, storage)
         self.engine = engine
 
     async def text_to_image(
@@ -92,25 +92,16 @@ class InferenceService:
         version = model.version(request.version)
         job = await to_thread.run_sync(self._job, request, model, version, prompt, lora_weights, init_image)
         cost = image_cost(self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm)
-        inf_id = new_inference_id()
         params = {k: v for k, v in asdict(job).items() if k != "model" and not isinstance(v, bytes)}
-        await to_thread.run_sync(self.accounts.charge, token.id, cost, inf_id)
-        try:
-            await to_thread.run_sync(
-                self.inferences.create, inf_id, token.id, "image", model.id, version.version, params, cost
-            )
+        async with self.billing.charged(token.id, cost, "image", model.id, version.version, params) as inf_id:
             result = await self.engine.submit(job)
             keys = [self.storage.new_key("images", result.extension) for _ in result.images]
-            outputs = dict(zip(keys, result.images, strict=True))
+            files = dict(zip(keys, result.images, strict=True))
             control_key = None
             if result.control_image is not None:
                 control_key = self.storage.new_key("images", ".png")
-                outputs[control_key] = result.control_image
-            await to_thread.run_sync(self._store_all, list(outputs), tuple(outputs.values()))
-            await to_thread.run_sync(self.inferences.finish, inf_id, keys)
-        except BaseException as exc:
-            await to_thread.run_sync(undo_charge, self.accounts, self.inferences, token.id, cost, inf_id, exc)
-            raise
+                files[control_key] = result.control_image
+            await self.billing.deliver(inf_id, files, keys)
         return InferenceResponse(
             images=[f"{base_url}/files/{key}" for key in keys],
             credit_cost=from_milli(cost),
@@ -180,6 +171,3 @@ class InferenceService:
             )
         return ImageToImageJob(**common, init_image=prepared, strength=request.image_strength)  # type: ignore[arg-type]
 
-    def _store_all(self, keys: list[str], blobs: tuple[bytes, ...]) -> None:
-        for key, blob in zip(keys, blobs, strict=True):
-            self.storage.put(key, blob)

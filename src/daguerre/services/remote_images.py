@@ -14,8 +14,8 @@ charged.
 
 from __future__ import annotations
 
-import ipaddress
 import io
+import ipaddress
 import socket
 import warnings
 from collections.abc import Awaitable, Callable, Iterable

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
 from daguerre.errors import InvalidParameter
+from daguerre.imaging import encode_png
 
 FIELD = "init_image_file"
 
@@ -71,6 +72,4 @@ def prepare_image(data: bytes, width: int, height: int, max_pixels: int, backgro
     image = ImageOps.exif_transpose(image)
     image = _flatten(image, background)
     image = ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_png(image)

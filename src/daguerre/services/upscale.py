@@ -16,13 +16,22 @@ from anyio import to_thread
 from PIL import Image
 
 from daguerre.engine.client import EngineClient
-from daguerre.engine.jobs import HiresFixJob, Job, LoraSpec, ModelSpec, TextToImageJob, Tiling, UpscaleJob
+from daguerre.engine.jobs import (
+    HiresFixJob,
+    Job,
+    LoraSpec,
+    ModelSpec,
+    TextToImageJob,
+    Tiling,
+    UpscaleJob,
+)
 from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.upscale import HIRES_FIX_SCALE, UpscaleRequest, UpscaleResponse
 from daguerre.services.accounts import AccountService, TokenInfo, from_milli
+from daguerre.services.billing import Billing
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord
-from daguerre.services.inference import model_spec, undo_charge
-from daguerre.services.inferences import InferenceRecord, InferenceStore, new_inference_id
+from daguerre.services.inference import model_spec
+from daguerre.services.inferences import InferenceRecord, InferenceStore
 from daguerre.services.pricing import hires_fix_cost, upscale_cost
 from daguerre.services.storage import Storage
 from daguerre.settings import Settings
@@ -80,6 +89,7 @@ class UpscaleService:
         self.catalog = catalog
         self.inferences = inferences
         self.storage = storage
+        self.billing = Billing(accounts, inferences, storage)
         self.engine = engine
         self.tiling = Tiling(settings.upscale.tile, settings.upscale.tile_overlap)
 
@@ -89,19 +99,11 @@ class UpscaleService:
         image = await to_thread.run_sync(self.storage.get, key)
         plan_for = self._plan_hires_fix if request.type == "hires_fix" else self._plan_esrgan
         plan = await to_thread.run_sync(plan_for, request, source, key, image)
-        up_id = new_inference_id()
-        await to_thread.run_sync(self.accounts.charge, token.id, plan.cost, up_id)
-        try:
-            await to_thread.run_sync(
-                self.inferences.create, up_id, token.id, "upscale", plan.model_id, plan.version, plan.params, plan.cost
-            )
+        billing = self.billing.charged(token.id, plan.cost, "upscale", plan.model_id, plan.version, plan.params)
+        async with billing as up_id:
             result = await self.engine.submit(plan.job)
             out_key = self.storage.new_key("images", result.extension)
-            await to_thread.run_sync(self.storage.put, out_key, result.images[0])
-            await to_thread.run_sync(self.inferences.finish, up_id, [out_key])
-        except BaseException as exc:
-            await to_thread.run_sync(undo_charge, self.accounts, self.inferences, token.id, plan.cost, up_id, exc)
-            raise
+            await self.billing.deliver(up_id, {out_key: result.images[0]}, [out_key])
         return UpscaleResponse(
             output=f"{base_url}/files/{out_key}",
             credit_cost=from_milli(plan.cost),

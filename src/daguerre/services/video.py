@@ -9,7 +9,6 @@ before the charge; credits taken are given back if the work fails.
 
 from __future__ import annotations
 
-import io
 import secrets
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -20,13 +19,15 @@ from PIL import Image, ImageOps
 
 from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import VideoJob
-from daguerre.errors import DaguerreError, InvalidParameter
+from daguerre.errors import InvalidParameter
+from daguerre.imaging import encode_png
 from daguerre.protocol.inference import MAX_SEED
 from daguerre.protocol.video import MAX_FRAMES, VideoRequest, VideoResponse
 from daguerre.services.accounts import AccountService, TokenInfo, from_milli
+from daguerre.services.billing import Billing
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord
 from daguerre.services.inference import model_spec
-from daguerre.services.inferences import InferenceStore, new_inference_id
+from daguerre.services.inferences import InferenceStore
 from daguerre.services.pricing import video_cost
 from daguerre.services.remote_images import RemoteImages
 from daguerre.services.storage import Storage
@@ -88,9 +89,7 @@ def frame_size(resolution: str, portrait: bool, scale: float) -> tuple[int, int]
 
 def fit_png(image: Image.Image, width: int, height: int) -> bytes:
     """Scale and centre-crop the first frame to the clip's size, as Wan's own examples do."""
-    buffer = io.BytesIO()
-    ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_png(ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS))
 
 
 class VideoService:
@@ -109,6 +108,7 @@ class VideoService:
         self.catalog = catalog
         self.inferences = inferences
         self.storage = storage
+        self.billing = Billing(accounts, inferences, storage)
         self.engine = engine
         self.images = images
 
@@ -231,23 +231,14 @@ class VideoService:
         )
         nominal = frame_size(request.resolution, portrait, 1.0)
         cost = video_cost(self.settings.pricing, *nominal, job.num_frames, job.steps)
-        inf_id = new_inference_id()
         params = {k: v for k, v in asdict(job).items() if k not in ("model", "motion_adapter", "image")}
         params.update(resolution=request.resolution, image_url=request.image_url)
         if video.adapter:
             params["motion_adapter"] = {"id": video.adapter.id, "version": video.adapter.latest.version}
-        await to_thread.run_sync(self.accounts.charge, token.id, cost, inf_id)
-        try:
-            await to_thread.run_sync(
-                self.inferences.create, inf_id, token.id, "video", video.model.id, version.version, params, cost
-            )
+        async with self.billing.charged(token.id, cost, "video", video.model.id, version.version, params) as inf_id:
             result = await self.engine.submit(job)
             key = self.storage.new_key("videos", result.extension)
-            await to_thread.run_sync(self.storage.put, key, result.video)  # type: ignore[union-attr]
-            await to_thread.run_sync(self.inferences.finish, inf_id, [key])
-        except BaseException as exc:
-            await to_thread.run_sync(self._undo, token.id, cost, inf_id, exc)
-            raise
+            await self.billing.deliver(inf_id, {key: result.video}, [key])  # type: ignore[dict-item]
         return VideoResponse(
             video_url=f"{base_url}/files/{key}",
             inf_id=inf_id,
@@ -258,8 +249,3 @@ class VideoService:
             fps=job.fps,
             seed=job.seed,
         )
-
-    def _undo(self, token_id: int, cost: int, inf_id: str, exc: BaseException) -> None:
-        message = exc.message if isinstance(exc, DaguerreError) else type(exc).__name__
-        self.accounts.refund(token_id, cost, inf_id, note=message)
-        self.inferences.fail(inf_id, message)

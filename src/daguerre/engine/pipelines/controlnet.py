@@ -6,13 +6,18 @@ the prompt and the control map (A1111's txt2img + ControlNet).
 
 from __future__ import annotations
 
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+from diffusers import (
+    ControlNetModel,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionPipeline,
+)
 from PIL import Image
 
 from daguerre.engine.jobs import ControlNetJob
-from daguerre.engine.pipelines.text_to_image import encode_png, seed_generators
+from daguerre.engine.pipelines.text_to_image import seed_generators
 from daguerre.engine.prompt_encoding import encode_prompt_pair
 from daguerre.engine.schedulers import make_scheduler
+from daguerre.imaging import encode_png
 
 
 def controlnet_images(

@@ -12,10 +12,11 @@ from PIL import Image
 from spandrel import ImageModelDescriptor
 
 from daguerre.engine.jobs import HiresFixJob
-from daguerre.engine.pipelines.text_to_image import encode_png, seed_generators
+from daguerre.engine.pipelines.text_to_image import seed_generators
 from daguerre.engine.prompt_encoding import encode_prompt_pair
 from daguerre.engine.schedulers import make_scheduler
 from daguerre.engine.upscaling import upscale_image
+from daguerre.imaging import encode_png
 
 
 def hires_fix(

@@ -18,7 +18,11 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from daguerre.engine.jobs import ImageToImageJob
-from daguerre.engine.pipelines.text_to_image import encode_png, seed_generators, text_to_image
+from daguerre.engine.pipelines.text_to_image import (
+    encode_png,
+    seed_generators,
+    text_to_image,
+)
 from daguerre.engine.prompt_encoding import encode_prompt_pair
 from daguerre.engine.schedulers import make_scheduler
 

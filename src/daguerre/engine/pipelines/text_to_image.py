@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import io
-
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image
 
 from daguerre.engine.jobs import TextToImageJob
 from daguerre.engine.prompt_encoding import encode_prompt_pair
 from daguerre.engine.schedulers import make_scheduler
+from daguerre.imaging import encode_png
 
 
 def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
     # CPU generators: the same seed gives the same starting noise on any GPU or CPU, and image i
     # draws only from its own generator, so it can be reproduced alone with seed + i.
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def text_to_image(pipe: StableDiffusionPipeline, base_scheduler_config: dict, job: TextToImageJob) -> list[bytes]:

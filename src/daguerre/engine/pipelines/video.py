@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline, AutoencoderKLWan, DDIMScheduler, DiffusionPipeline, MotionAdapter
+from diffusers import (
+    AnimateDiffPipeline,
+    AutoencoderKLWan,
+    DDIMScheduler,
+    DiffusionPipeline,
+    MotionAdapter,
+)
 from PIL import Image
 from transformers import CLIPVisionModel
 
