@@ -46,6 +46,7 @@ from daguerre.engine.pipelines.controlnet import controlnet_images
 from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.image_to_image import image_to_image
 from daguerre.engine.pipelines.text_to_image import text_to_image
+from daguerre.engine.schedulers import Schedulers
 from daguerre.engine.upscaling import load_upscaler, upscale
 from daguerre.engine.video_encoding import encode_mp4
 from daguerre.errors import GenerationFailed, ServerBusy
@@ -57,8 +58,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LoadedPipeline:
     pipe: StableDiffusionPipeline
-    # The scheduler config as loaded, before any job swapped the pipeline's scheduler.
-    scheduler_config: dict
+    # Built from the scheduler config as loaded, before any job swapped the pipeline's scheduler.
+    schedulers: Schedulers
     # The LoRAs loaded into this pipeline; they stay loaded, switched per job.
     loras: LoraState = field(default_factory=LoraState)
 
@@ -151,7 +152,7 @@ class LocalEngine(EngineClient):
                 # The re-render uses the original inference's LoRAs too.
                 activate_loras(loaded.pipe, loaded.loras, job.render.loras)
                 upscaler = self.upscaler(job.upscaler) if job.upscaler else None
-                return ImagesResult((hires_fix(loaded.pipe, loaded.scheduler_config, upscaler, job),))
+                return ImagesResult((hires_fix(loaded.pipe, loaded.schedulers, upscaler, job),))
             if isinstance(job, VideoJob):
                 return VideoResult(encode_mp4(self.video_frames(job), job.fps))
             if not isinstance(job, TextToImageJob):
@@ -161,11 +162,11 @@ class LocalEngine(EngineClient):
             if isinstance(job, ControlNetJob):
                 control_map = self.control_map(job)
                 controlnet = self.controlnet(job.controlnet)
-                images = controlnet_images(loaded.pipe, loaded.scheduler_config, job, controlnet, control_map)
+                images = controlnet_images(loaded.pipe, loaded.schedulers, job, controlnet, control_map)
                 return ImagesResult(tuple(images), control_image=encode_png(control_map))
             if isinstance(job, ImageToImageJob):
-                return ImagesResult(tuple(image_to_image(loaded.pipe, loaded.scheduler_config, job)))
-            return ImagesResult(tuple(text_to_image(loaded.pipe, loaded.scheduler_config, job)))
+                return ImagesResult(tuple(image_to_image(loaded.pipe, loaded.schedulers, job)))
+            return ImagesResult(tuple(text_to_image(loaded.pipe, loaded.schedulers, job)))
         except Exception as exc:
             log.exception("job failed")
             raise GenerationFailed(f"generation failed: {exc}") from exc
@@ -173,7 +174,7 @@ class LocalEngine(EngineClient):
     def pipeline(self, spec: ModelSpec) -> LoadedPipeline:
         def load() -> LoadedPipeline:
             pipe = load_text_to_image(spec, self.device, self.dtype, self._cache_dir)
-            return LoadedPipeline(pipe, dict(pipe.scheduler.config))
+            return LoadedPipeline(pipe, Schedulers(pipe.scheduler.config))
 
         return self.cache.get(spec, load)
 
@@ -222,4 +223,4 @@ class LocalEngine(EngineClient):
             return video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype))
 
         pipe = self.cache.get(AnimatedKey(job.model, adapter), build)
-        return video.run_animatediff(pipe, base.scheduler_config, job)
+        return video.run_animatediff(pipe, base.schedulers.config, job)

@@ -50,3 +50,19 @@ def make_scheduler(name: str, base_config: Any) -> SchedulerMixin:
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(_SCHEDULERS)}") from None
     return cls.from_config(base_config, **overrides)
+
+
+class Schedulers:
+    """The schedulers of one loaded pipeline, each built once from the pipeline's own scheduler
+    config (building one from a config costs several milliseconds). Reusing an instance is safe:
+    every pipeline call starts with set_timesteps, which resets its state, and one worker thread
+    owns the pipeline."""
+
+    def __init__(self, base_config: Any) -> None:
+        self.config = dict(base_config)
+        self._built: dict[str, SchedulerMixin] = {}
+
+    def get(self, name: str) -> SchedulerMixin:
+        if name not in self._built:
+            self._built[name] = make_scheduler(name, self.config)
+        return self._built[name]

@@ -16,20 +16,20 @@ from PIL import Image
 from daguerre.engine.jobs import ControlNetJob
 from daguerre.engine.pipelines.text_to_image import seed_generators
 from daguerre.engine.prompt_encoding import encode_prompt_pair
-from daguerre.engine.schedulers import make_scheduler
+from daguerre.engine.schedulers import Schedulers
 from daguerre.imaging import encode_png
 
 
 def controlnet_images(
     pipe: StableDiffusionPipeline,
-    base_scheduler_config: dict,
+    schedulers: Schedulers,
     job: ControlNetJob,
     controlnet: ControlNetModel,
     control_map: Image.Image,
 ) -> list[bytes]:
     guided = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=controlnet)
     guided.set_progress_bar_config(disable=True)
-    guided.scheduler = make_scheduler(job.scheduler, base_scheduler_config)
+    guided.scheduler = schedulers.get(job.scheduler)
     prompt_embeds, negative_embeds = encode_prompt_pair(
         job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
     )

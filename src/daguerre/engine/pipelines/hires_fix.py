@@ -14,14 +14,14 @@ from spandrel import ImageModelDescriptor
 from daguerre.engine.jobs import HiresFixJob
 from daguerre.engine.pipelines.text_to_image import seed_generators
 from daguerre.engine.prompt_encoding import encode_prompt_pair
-from daguerre.engine.schedulers import make_scheduler
+from daguerre.engine.schedulers import Schedulers
 from daguerre.engine.upscaling import upscale_image
 from daguerre.imaging import encode_png
 
 
 def hires_fix(
     pipe: StableDiffusionPipeline,
-    base_scheduler_config: dict,
+    schedulers: Schedulers,
     upscaler: ImageModelDescriptor | None,
     job: HiresFixJob,
 ) -> bytes:
@@ -34,7 +34,7 @@ def hires_fix(
     # also casts the shared components, to float32 unless told otherwise, and logs it each time.)
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
-    img2img.scheduler = make_scheduler(render.scheduler, base_scheduler_config)
+    img2img.scheduler = schedulers.get(render.scheduler)
     prompt_embeds, negative_embeds = encode_prompt_pair(
         render.prompt, render.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
     )

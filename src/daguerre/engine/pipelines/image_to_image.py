@@ -24,17 +24,17 @@ from daguerre.engine.pipelines.text_to_image import (
     text_to_image,
 )
 from daguerre.engine.prompt_encoding import encode_prompt_pair
-from daguerre.engine.schedulers import make_scheduler
+from daguerre.engine.schedulers import Schedulers
 
 
-def image_to_image(pipe: StableDiffusionPipeline, base_scheduler_config: dict, job: ImageToImageJob) -> list[bytes]:
+def image_to_image(pipe: StableDiffusionPipeline, schedulers: Schedulers, job: ImageToImageJob) -> list[bytes]:
     if int(job.steps * job.strength) == 0:
         return [job.init_image] * len(job.seeds)
     if job.strength >= 1:
-        return text_to_image(pipe, base_scheduler_config, job)
+        return text_to_image(pipe, schedulers, job)
     img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     img2img.set_progress_bar_config(disable=True)
-    img2img.scheduler = make_scheduler(job.scheduler, base_scheduler_config)
+    img2img.scheduler = schedulers.get(job.scheduler)
     prompt_embeds, negative_embeds = encode_prompt_pair(
         job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
     )

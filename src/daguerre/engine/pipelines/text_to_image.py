@@ -7,7 +7,7 @@ from diffusers import StableDiffusionPipeline
 
 from daguerre.engine.jobs import TextToImageJob
 from daguerre.engine.prompt_encoding import encode_prompt_pair
-from daguerre.engine.schedulers import make_scheduler
+from daguerre.engine.schedulers import Schedulers
 from daguerre.imaging import encode_png
 
 
@@ -17,8 +17,8 @@ def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
-def text_to_image(pipe: StableDiffusionPipeline, base_scheduler_config: dict, job: TextToImageJob) -> list[bytes]:
-    pipe.scheduler = make_scheduler(job.scheduler, base_scheduler_config)
+def text_to_image(pipe: StableDiffusionPipeline, schedulers: Schedulers, job: TextToImageJob) -> list[bytes]:
+    pipe.scheduler = schedulers.get(job.scheduler)
     prompt_embeds, negative_embeds = encode_prompt_pair(
         job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
     )
