@@ -53,6 +53,6 @@ def build_services(settings: Settings, database: Database, engine: EngineClient)
     upscale = UpscaleService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
     images = RemoteImages(settings.remote_images, storage)
     video = VideoService(
-        settings, database.accounts, database.catalog, database.inferences, storage, engine, images
+        settings, database.accounts, database.catalog, database.inferences, storage, engine, images=images
     )
     return Services(settings, database.accounts, database.catalog, storage, engine, inference, upscale, video)

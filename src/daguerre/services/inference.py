@@ -11,7 +11,6 @@ from dataclasses import asdict
 
 from anyio import to_thread
 
-from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import (
     LCM_SCHEDULER,
     ControlNetJob,
@@ -28,14 +27,11 @@ from daguerre.protocol.inference import (
     InferenceResponse,
 )
 from daguerre.services import adapters
-from daguerre.services.accounts import AccountService, TokenInfo, from_milli
-from daguerre.services.billing import Billing
-from daguerre.services.catalog import CatalogService, Kind, ModelRecord, Version
-from daguerre.services.inferences import InferenceStore
+from daguerre.services.accounts import TokenInfo, from_milli
+from daguerre.services.catalog import Kind, ModelRecord, Version
 from daguerre.services.pricing import image_cost
-from daguerre.services.storage import Storage
+from daguerre.services.serving import ServingModule
 from daguerre.services.uploads import prepare_image
-from daguerre.settings import Settings
 
 # lcm=true: steps and guidance suited to an LCM-LoRA, used when the request gives none (the
 # model's default scale is for ordinary sampling, so it does not apply).
@@ -59,24 +55,7 @@ def join_negative(negative_prompt: str, default: str) -> str:
 
 
 
-class InferenceService:
-    def __init__(
-        self,
-        settings: Settings,
-        accounts: AccountService,
-        catalog: CatalogService,
-        inferences: InferenceStore,
-        storage: Storage,
-        engine: EngineClient,
-    ) -> None:
-        self.settings = settings
-        self.accounts = accounts
-        self.catalog = catalog
-        self.inferences = inferences
-        self.storage = storage
-        self.billing = Billing(accounts, inferences, storage)
-        self.engine = engine
-
+class InferenceService(ServingModule):
     async def text_to_image(
         self, token: TokenInfo, request: InferenceRequest, base_url: str, init_image: bytes | None = None
     ) -> InferenceResponse:

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from anyio import to_thread
 from PIL import Image
 
-from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import (
     HiresFixJob,
     Job,
@@ -27,14 +26,12 @@ from daguerre.engine.jobs import (
 )
 from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.upscale import HIRES_FIX_SCALE, UpscaleRequest, UpscaleResponse
-from daguerre.services.accounts import AccountService, TokenInfo, from_milli
-from daguerre.services.billing import Billing
-from daguerre.services.catalog import CatalogService, Kind, ModelRecord
+from daguerre.services.accounts import TokenInfo, from_milli
+from daguerre.services.catalog import Kind, ModelRecord
 from daguerre.services.inference import model_spec
-from daguerre.services.inferences import InferenceRecord, InferenceStore
+from daguerre.services.inferences import InferenceRecord
 from daguerre.services.pricing import hires_fix_cost, upscale_cost
-from daguerre.services.storage import Storage
-from daguerre.settings import Settings
+from daguerre.services.serving import ServingModule
 
 
 def pick_upscaler(upscalers: list[ModelRecord], scale: float) -> ModelRecord | None:
@@ -74,24 +71,10 @@ class _Plan:
     params: dict[str, Any]
 
 
-class UpscaleService:
-    def __init__(
-        self,
-        settings: Settings,
-        accounts: AccountService,
-        catalog: CatalogService,
-        inferences: InferenceStore,
-        storage: Storage,
-        engine: EngineClient,
-    ) -> None:
-        self.settings = settings
-        self.accounts = accounts
-        self.catalog = catalog
-        self.inferences = inferences
-        self.storage = storage
-        self.billing = Billing(accounts, inferences, storage)
-        self.engine = engine
-        self.tiling = Tiling(settings.upscale.tile, settings.upscale.tile_overlap)
+class UpscaleService(ServingModule):
+    @property
+    def tiling(self) -> Tiling:
+        return Tiling(self.settings.upscale.tile, self.settings.upscale.tile_overlap)
 
     async def upscale(self, token: TokenInfo, request: UpscaleRequest, base_url: str) -> UpscaleResponse:
         source = await to_thread.run_sync(self.inferences.get, request.inf_id, token.id)

@@ -17,21 +17,17 @@ from typing import Any
 from anyio import to_thread
 from PIL import Image, ImageOps
 
-from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import VideoJob
 from daguerre.errors import InvalidParameter
 from daguerre.imaging import encode_png
 from daguerre.protocol.inference import MAX_SEED
 from daguerre.protocol.video import MAX_FRAMES, VideoRequest, VideoResponse
-from daguerre.services.accounts import AccountService, TokenInfo, from_milli
-from daguerre.services.billing import Billing
-from daguerre.services.catalog import CatalogService, Kind, ModelRecord
+from daguerre.services.accounts import TokenInfo, from_milli
+from daguerre.services.catalog import Kind, ModelRecord
 from daguerre.services.inference import model_spec
-from daguerre.services.inferences import InferenceStore
 from daguerre.services.pricing import video_cost
 from daguerre.services.remote_images import RemoteImages
-from daguerre.services.storage import Storage
-from daguerre.settings import Settings
+from daguerre.services.serving import ServingModule
 
 WAN = "wan"
 ANIMATEDIFF = "animatediff"
@@ -92,24 +88,9 @@ def fit_png(image: Image.Image, width: int, height: int) -> bytes:
     return encode_png(ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS))
 
 
-class VideoService:
-    def __init__(
-        self,
-        settings: Settings,
-        accounts: AccountService,
-        catalog: CatalogService,
-        inferences: InferenceStore,
-        storage: Storage,
-        engine: EngineClient,
-        images: RemoteImages,
-    ) -> None:
-        self.settings = settings
-        self.accounts = accounts
-        self.catalog = catalog
-        self.inferences = inferences
-        self.storage = storage
-        self.billing = Billing(accounts, inferences, storage)
-        self.engine = engine
+class VideoService(ServingModule):
+    def __init__(self, *services: Any, images: RemoteImages) -> None:
+        super().__init__(*services)
         self.images = images
 
     def _adapters(self) -> list[ModelRecord]:
