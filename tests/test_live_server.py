@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import socket
 import subprocess
 import sys
@@ -114,11 +113,14 @@ def test_readme_python_examples_run(server: tuple[str, str], tmp_path: Path) -> 
         assert "error_code" not in result.stdout or '"error_code": 1' not in result.stdout
 
 
-def test_readme_curl_examples_run(server: tuple[str, str]) -> None:
+def test_readme_curl_examples_run(server: tuple[str, str], tmp_path: Path) -> None:
     url, token = server
-    examples = [b for b in readme_blocks("bash") if b.lstrip().startswith("curl")]
-    assert examples
+    examples = [b for b in readme_blocks("bash") if "curl " in b]
+    assert len(examples) >= 4  # inference, models, upscale, video
+    env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token}
     for example in examples:
-        command = example.replace("\\\n", " ").replace('"$DAGUERRE_URL', f'"{url}').replace("$DAGUERRE_TOKEN", token)
-        result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0 and '"error_code":0' in result.stdout, f"{command}\n{result.stdout}"
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", example], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0 and '"error_code":0' in result.stdout, f"{example}\n{result.stdout}{result.stderr}"
