@@ -82,7 +82,8 @@ def test_unexpected_errors_never_leak_a_traceback(api: Api, monkeypatch: pytest.
 
 def test_the_http_layer_does_not_import_torch() -> None:
     code = (
-        "import sys, daguerre.api.routes.inference, daguerre.api.routes.models, daguerre.services.container;"
+        "import sys, daguerre.app, daguerre.api.routes.inference, daguerre.api.routes.models,"
+        " daguerre.api.routes.upscale, daguerre.api.routes.video, daguerre.services.container;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
