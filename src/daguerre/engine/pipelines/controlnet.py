@@ -14,8 +14,7 @@ from diffusers import (
 from PIL import Image
 
 from daguerre.engine.jobs import ControlNetJob
-from daguerre.engine.pipelines.text_to_image import seed_generators
-from daguerre.engine.prompt_encoding import encode_prompt_pair
+from daguerre.engine.pipelines.text_to_image import derive, sample
 from daguerre.engine.schedulers import Schedulers
 from daguerre.imaging import encode_png
 
@@ -27,21 +26,6 @@ def controlnet_images(
     controlnet: ControlNetModel,
     control_map: Image.Image,
 ) -> list[bytes]:
-    guided = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=controlnet)
-    guided.set_progress_bar_config(disable=True)
-    guided.scheduler = schedulers.get(job.scheduler)
-    prompt_embeds, negative_embeds = encode_prompt_pair(
-        job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
-    )
-    output = guided(
-        prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_embeds,
-        image=control_map,
-        width=job.width,
-        height=job.height,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance_scale,
-        num_images_per_prompt=len(job.seeds),
-        generator=seed_generators(job.seeds),
-    )
-    return [encode_png(image) for image in output.images]
+    guided = derive(pipe, StableDiffusionControlNetPipeline, controlnet=controlnet)
+    images = sample(guided, schedulers, job, image=control_map, width=job.width, height=job.height)
+    return [encode_png(image) for image in images]

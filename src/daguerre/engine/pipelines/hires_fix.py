@@ -12,8 +12,7 @@ from PIL import Image
 from spandrel import ImageModelDescriptor
 
 from daguerre.engine.jobs import HiresFixJob
-from daguerre.engine.pipelines.text_to_image import seed_generators
-from daguerre.engine.prompt_encoding import encode_prompt_pair
+from daguerre.engine.pipelines.text_to_image import derive, sample
 from daguerre.engine.schedulers import Schedulers
 from daguerre.engine.upscaling import upscale_image
 from daguerre.imaging import encode_png
@@ -30,21 +29,6 @@ def hires_fix(
     upscaled = upscale_image(upscaler, source, render.width, render.height, job.tiling)
     if job.denoising_steps == 0:
         return encode_png(upscaled)  # nothing to re-render; diffusers would fail on zero steps
-    # Built on the loaded components: no reload, no extra weights. (from_pipe would do the same but
-    # also casts the shared components, to float32 unless told otherwise, and logs it each time.)
-    img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
-    img2img.set_progress_bar_config(disable=True)
-    img2img.scheduler = schedulers.get(render.scheduler)
-    prompt_embeds, negative_embeds = encode_prompt_pair(
-        render.prompt, render.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
-    )
-    output = img2img(
-        prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_embeds,
-        image=upscaled,
-        strength=job.strength,
-        num_inference_steps=render.steps,
-        guidance_scale=render.guidance_scale,
-        generator=seed_generators(render.seeds),
-    )
-    return encode_png(output.images[0])
+    img2img = derive(pipe, StableDiffusionImg2ImgPipeline)
+    (image,) = sample(img2img, schedulers, render, image=upscaled, strength=job.strength)
+    return encode_png(image)

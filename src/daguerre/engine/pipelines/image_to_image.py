@@ -18,13 +18,9 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from daguerre.engine.jobs import ImageToImageJob
-from daguerre.engine.pipelines.text_to_image import (
-    encode_png,
-    seed_generators,
-    text_to_image,
-)
-from daguerre.engine.prompt_encoding import encode_prompt_pair
+from daguerre.engine.pipelines.text_to_image import derive, sample, text_to_image
 from daguerre.engine.schedulers import Schedulers
+from daguerre.imaging import encode_png
 
 
 def image_to_image(pipe: StableDiffusionPipeline, schedulers: Schedulers, job: ImageToImageJob) -> list[bytes]:
@@ -32,20 +28,6 @@ def image_to_image(pipe: StableDiffusionPipeline, schedulers: Schedulers, job: I
         return [job.init_image] * len(job.seeds)
     if job.strength >= 1:
         return text_to_image(pipe, schedulers, job)
-    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
-    img2img.set_progress_bar_config(disable=True)
-    img2img.scheduler = schedulers.get(job.scheduler)
-    prompt_embeds, negative_embeds = encode_prompt_pair(
-        job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
-    )
-    output = img2img(
-        prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_embeds,
-        image=Image.open(io.BytesIO(job.init_image)),
-        strength=job.strength,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance_scale,
-        num_images_per_prompt=len(job.seeds),
-        generator=seed_generators(job.seeds),
-    )
-    return [encode_png(image) for image in output.images]
+    img2img = derive(pipe, StableDiffusionImg2ImgPipeline)
+    init_image = Image.open(io.BytesIO(job.init_image))
+    return [encode_png(image) for image in sample(img2img, schedulers, job, image=init_image, strength=job.strength)]

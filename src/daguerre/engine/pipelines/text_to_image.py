@@ -1,14 +1,21 @@
-"""Text-to-image on a loaded StableDiffusionPipeline."""
+"""Text-to-image on a loaded StableDiffusionPipeline, and what every SD task pipeline shares:
+building on the loaded components, and sampling with the job's scheduler, weighted prompts and
+seeds."""
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from PIL import Image
 
 from daguerre.engine.jobs import TextToImageJob
 from daguerre.engine.prompt_encoding import encode_prompt_pair
 from daguerre.engine.schedulers import Schedulers
 from daguerre.imaging import encode_png
+
+P = TypeVar("P", bound=DiffusionPipeline)
 
 
 def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
@@ -17,19 +24,34 @@ def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
-def text_to_image(pipe: StableDiffusionPipeline, schedulers: Schedulers, job: TextToImageJob) -> list[bytes]:
-    pipe.scheduler = schedulers.get(job.scheduler)
+def derive(pipe: StableDiffusionPipeline, cls: type[P], **extra: Any) -> P:
+    """A task pipeline (img2img, ControlNet) on the loaded pipeline's own modules: nothing is
+    reloaded or copied. Not `from_pipe`: it casts every shared module to float32 unless given a
+    dtype, which on a half-precision GPU would convert the cached text-to-image pipeline too."""
+    derived = cls(**pipe.components, **extra, requires_safety_checker=False)
+    derived.set_progress_bar_config(disable=True)
+    return derived
+
+
+def sample(
+    task: DiffusionPipeline, schedulers: Schedulers, job: TextToImageJob, **inputs: Any
+) -> list[Image.Image]:
+    """Run `task` with the job's scheduler, A1111-weighted prompts, guidance, steps and one
+    generator per image; `inputs` are the task's own (size, init image, strength, control map)."""
+    task.scheduler = schedulers.get(job.scheduler)
     prompt_embeds, negative_embeds = encode_prompt_pair(
-        job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.device
+        job.prompt, job.negative_prompt, task.tokenizer, task.text_encoder, task.device
     )
-    output = pipe(
+    return task(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
-        width=job.width,
-        height=job.height,
         num_inference_steps=job.steps,
         guidance_scale=job.guidance_scale,
         num_images_per_prompt=len(job.seeds),
         generator=seed_generators(job.seeds),
-    )
-    return [encode_png(image) for image in output.images]
+        **inputs,
+    ).images
+
+
+def text_to_image(pipe: StableDiffusionPipeline, schedulers: Schedulers, job: TextToImageJob) -> list[bytes]:
+    return [encode_png(image) for image in sample(pipe, schedulers, job, width=job.width, height=job.height)]

@@ -58,8 +58,9 @@ def animatediff_pipeline(sd_pipe: DiffusionPipeline, adapter: MotionAdapter) -> 
     """Shares the loaded SD pipeline's text encoder, tokenizer and VAE; only the UNet is rebuilt
     (as a UNetMotionModel holding the checkpoint's weights plus the motion modules).
     """
-    pipe = AnimateDiffPipeline.from_pipe(sd_pipe, motion_adapter=adapter)
-    pipe.to(sd_pipe.device, sd_pipe.unet.dtype)
+    # from_pipe casts the shared modules to float32 unless given their dtype.
+    pipe = AnimateDiffPipeline.from_pipe(sd_pipe, motion_adapter=adapter, dtype=sd_pipe.unet.dtype)
+    pipe.to(sd_pipe.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
