@@ -20,8 +20,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from daguerre.app import create_app
-from daguerre.demo import DEMO_MODEL_ID, install_demo_model
-from daguerre.engine.tiny_models import build_tiny_lora
+from daguerre.demo.install import DEMO_MODEL_ID, install_demo_model
+from daguerre.demo.tiny_models import build_tiny_lora
 from daguerre.services.catalog import Format, Kind, NewModel
 from daguerre.settings import Settings
 
@@ -40,8 +40,14 @@ def main() -> None:
                 services.catalog.add(NewModel(path, Format.SINGLE_FILE, lora_id, kind=Kind.LORA, id=lora_id))
             token, _ = services.accounts.create_token(name="bench", credits=10_000)
             fields = {
-                "access_token": token, "model_id": DEMO_MODEL_ID, "prompt": "a lighthouse at dusk",
-                "width": 128, "height": 128, "steps": 10, "num_images": 1, "seed": 1,
+                "access_token": token,
+                "model_id": DEMO_MODEL_ID,
+                "prompt": "a lighthouse at dusk",
+                "width": 128,
+                "height": 128,
+                "steps": 10,
+                "num_images": 1,
+                "seed": 1,
             }
 
             def timed(**extra: str) -> float:

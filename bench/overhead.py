@@ -23,7 +23,7 @@ import uvicorn
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from daguerre.app import create_app
-from daguerre.demo import DEMO_MODEL_ID, install_demo_model
+from daguerre.demo.install import DEMO_MODEL_ID, install_demo_model
 from daguerre.services.container import open_database
 from daguerre.settings import Settings
 
@@ -56,13 +56,23 @@ def main() -> None:
 
     engine_device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if engine_device == "cuda" else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(model.latest.path, dtype=dtype, safety_checker=None).to(engine_device)
+    pipe = StableDiffusionPipeline.from_pretrained(model.latest.path, dtype=dtype, safety_checker=None).to(
+        engine_device
+    )
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
 
     form = {
-        "access_token": token, "model_id": DEMO_MODEL_ID, "prompt": PROMPT, "width": SIZE, "height": SIZE,
-        "steps": STEPS, "scale": SCALE, "num_images": 1, "seed": 1, "use_default_neg": "false",
+        "access_token": token,
+        "model_id": DEMO_MODEL_ID,
+        "prompt": PROMPT,
+        "width": SIZE,
+        "height": SIZE,
+        "steps": STEPS,
+        "scale": SCALE,
+        "num_images": 1,
+        "seed": 1,
+        "use_default_neg": "false",
         "scheduler": "DPMSolverMultistep",
     }
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
@@ -81,7 +91,12 @@ def main() -> None:
     def direct() -> float:
         start = time.perf_counter()
         worker.submit(
-            pipe, PROMPT, width=SIZE, height=SIZE, num_inference_steps=STEPS, guidance_scale=SCALE,
+            pipe,
+            PROMPT,
+            width=SIZE,
+            height=SIZE,
+            num_inference_steps=STEPS,
+            guidance_scale=SCALE,
             generator=torch.Generator("cpu").manual_seed(1),
         ).result()
         return time.perf_counter() - start
@@ -96,8 +111,10 @@ def main() -> None:
     server.should_exit = True
 
     server_median, direct_median = statistics.median(server_times), statistics.median(direct_times)
-    print(f"device: {engine_device} ({torch.cuda.get_device_name() if engine_device == 'cuda' else 'CPU'}), "
-          f"torch threads: {torch.get_num_threads()}, rounds: {args.rounds}")
+    print(
+        f"device: {engine_device} ({torch.cuda.get_device_name() if engine_device == 'cuda' else 'CPU'}), "
+        f"torch threads: {torch.get_num_threads()}, rounds: {args.rounds}"
+    )
     print(f"direct pipeline call   median {direct_median * 1000:8.1f} ms")
     print(f"/api/inference (HTTP)  median {server_median * 1000:8.1f} ms")
     print(f"ratio server/direct: {server_median / direct_median:.3f}  (target <= 1.05)")

@@ -39,7 +39,7 @@ def measure(model_path: str, side: int, tile: int, overlap: int) -> dict[str, fl
     import torch
 
     from daguerre.engine.jobs import ModelSpec, Tiling
-    from daguerre.engine.upscaling import load_upscaler, upscale_tiled
+    from daguerre.engine.pipelines.upscaling import load_upscaler, upscale_tiled
 
     spec = ModelSpec("bench", "1", model_path, "single_file", "esrgan")
     model = load_upscaler(spec, torch.device("cpu"), torch.float32)
@@ -58,8 +58,18 @@ def measure(model_path: str, side: int, tile: int, overlap: int) -> dict[str, fl
 
 def run_case(model_path: Path, side: int, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
-    command = [sys.executable, __file__, "--case", str(side), "--model", str(model_path),
-               "--tile", str(args.tile), "--overlap", str(args.overlap)]
+    command = [
+        sys.executable,
+        __file__,
+        "--case",
+        str(side),
+        "--model",
+        str(model_path),
+        "--tile",
+        str(args.tile),
+        "--overlap",
+        str(args.overlap),
+    ]
     output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -78,8 +88,8 @@ def main() -> None:
         print(json.dumps(measure(args.model, args.case, args.tile, args.overlap)))
         return
 
-    from daguerre.engine.tiny_models import build_tiny_rrdbnet
-    from daguerre.engine.upscaling import tile_starts
+    from daguerre.demo.tiny_models import build_tiny_rrdbnet
+    from daguerre.engine.pipelines.upscaling import tile_starts
 
     with tempfile.TemporaryDirectory() as folder:
         model_path = build_tiny_rrdbnet(Path(folder) / f"tiny-x{args.scale}.pth", args.scale)

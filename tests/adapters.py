@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daguerre.engine.inspection import inspect_model
-from daguerre.engine.tiny_models import (
+from daguerre.demo.tiny_models import (
     build_tiny_controlnet,
     build_tiny_depth_annotator,
     build_tiny_lora,
     build_tiny_openpose_annotator,
 )
 from daguerre.services.catalog import Format, Kind, ModelRecord, NewModel
+from daguerre.services.probing import inspect_model
 from tests.conftest import Api
 
 

@@ -15,18 +15,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from daguerre.app import create_app
+from daguerre.demo.tiny_models import build_tiny_rrdbnet, build_tiny_sd15
 from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import EngineStatus, ImagesResult
-from daguerre.engine.local import LocalEngine
-from daguerre.engine.skeletons import skeleton_of
-from daguerre.engine.tiny_models import (
-    build_tiny_rrdbnet,
-    build_tiny_sd15,
-    export_single_file,
-)
+from daguerre.engine.runtime.local import LocalEngine
 from daguerre.errors import GenerationFailed
 from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings
+from tests.support.single_file import export_single_file, skeleton_of
 
 SMALL = {"width": 128, "height": 128, "steps": 2, "num_images": 1}
 
@@ -141,7 +137,7 @@ def tiny_video_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     """Tiny random Wan 2.1 text- and image-to-video pipelines and an AnimateDiff motion adapter
     that fits the tiny SD 1.5 UNet; about 2 s to build.
     """
-    from daguerre.engine.tiny_models import build_tiny_motion_adapter, build_tiny_wan
+    from daguerre.demo.tiny_models import build_tiny_motion_adapter, build_tiny_wan
 
     folder = tmp_path_factory.mktemp("video-models")
     return {

@@ -104,9 +104,7 @@ def test_a_request_is_charged_its_cost_once(api: Api) -> None:
     assert api.balance() == pytest.approx(before - expected)
 
 
-def test_not_enough_credits_is_an_envelope_and_runs_nothing(
-    recorded_api: Api, recorder: RecordingEngine
-) -> None:
+def test_not_enough_credits_is_an_envelope_and_runs_nothing(recorded_api: Api, recorder: RecordingEngine) -> None:
     poor, _ = recorded_api.services.accounts.create_token(credits=0.01)
     body = recorded_api.client.post(
         "/api/inference", data={"access_token": poor, "model_id": "tiny", "prompt": "p"}

@@ -24,7 +24,9 @@ def test_models_add_kinds(
     data = tmp_path / "data"
     assert add(data, str(lora_files["a-kohya"]), "--kind", "lora", "--title", "A", "--id", "a")[0] == 0
     assert add(data, str(lora_files["lcm"]), "--kind", "lora", "--lcm", "--title", "L", "--id", "l")[0] == 0
-    code, out = add(data, str(controlnet_dirs["depth"]), "--kind", "controlnet", "--controlnet", "depth", "--title", "D")
+    code, out = add(
+        data, str(controlnet_dirs["depth"]), "--kind", "controlnet", "--controlnet", "depth", "--title", "D"
+    )
     assert code == 0, out
     assert add(data, str(annotator_dirs["openpose"]), "--kind", "annotator", "--title", "P", "--id", "p")[0] == 0
     code, out = add(data, str(controlnet_dirs["depth"]), "--kind", "controlnet", "--title", "D")

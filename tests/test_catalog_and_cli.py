@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from daguerre.cli import app
-from daguerre.engine.inspection import UnsupportedModel, inspect_checkpoint
-from daguerre.engine.skeletons import family_skeleton
+from daguerre.engine.loading.skeletons import family_skeleton
 from daguerre.services.container import open_database
+from daguerre.services.probing import UnsupportedModel, inspect_checkpoint
 from daguerre.settings import Settings
 
 runner = CliRunner()
@@ -43,30 +43,76 @@ def test_tokens_and_credits(tmp_path: Path) -> None:
 def test_models_add_list_versions_and_remove(tmp_path: Path, tiny_sd15: Path, tiny_single_file) -> None:
     checkpoint, skeleton = tiny_single_file
     output = cli(
-        tmp_path, "models", "add", str(tiny_sd15), "--title", "Tiny", "--tags", "anime", "--tags", "test",
-        "--default-scale", "6", "--default-scheduler", "K_EULER", "--civitai-model-id", "4384",
+        tmp_path,
+        "models",
+        "add",
+        str(tiny_sd15),
+        "--title",
+        "Tiny",
+        "--tags",
+        "anime",
+        "--tags",
+        "test",
+        "--default-scale",
+        "6",
+        "--default-scheduler",
+        "K_EULER",
+        "--civitai-model-id",
+        "4384",
     )
     model_id = re.search(r"added checkpoint (\w+) version 1", output).group(1)
     assert re.fullmatch(r"[A-Za-z0-9]{7}", model_id)
-    cli(tmp_path, "models", "add", str(checkpoint), "--title", "Tiny", "--id", model_id, "--version", "v2",
-        "--config", str(skeleton))
+    cli(
+        tmp_path,
+        "models",
+        "add",
+        str(checkpoint),
+        "--title",
+        "Tiny",
+        "--id",
+        model_id,
+        "--version",
+        "v2",
+        "--config",
+        str(skeleton),
+    )
     catalog = open_database(Settings(data_dir=tmp_path)).catalog
     record = catalog.get(model_id)
     assert [v.version for v in record.versions] == ["1", "v2"]
     assert record.latest.format == "single_file" and record.latest.config_path == str(skeleton.resolve())
     assert (record.tags, record.default_scale, record.default_scheduler, record.civitai_model_id) == (
-        ["anime", "test"], 6.0, "K_EULER", 4384)
+        ["anime", "test"],
+        6.0,
+        "K_EULER",
+        4384,
+    )
     assert model_id in cli(tmp_path, "models", "list")
-    duplicate = runner.invoke(app, ["models", "add", str(tiny_sd15), "--title", "T", "--id", model_id,
-                                    "--version", "v2", "--data-dir", str(tmp_path)])
+    duplicate = runner.invoke(
+        app,
+        [
+            "models",
+            "add",
+            str(tiny_sd15),
+            "--title",
+            "T",
+            "--id",
+            model_id,
+            "--version",
+            "v2",
+            "--data-dir",
+            str(tmp_path),
+        ],
+    )
     assert duplicate.exit_code == 1 and "already has a version 'v2'" in duplicate.output
     cli(tmp_path, "models", "remove", model_id)
     assert catalog.list() == []
 
 
 def test_models_add_rejects_bad_options_and_files(tmp_path: Path, tiny_sd15: Path) -> None:
-    bad_scheduler = runner.invoke(app, ["models", "add", str(tiny_sd15), "--title", "T", "--default-scheduler",
-                                        "Euler", "--data-dir", str(tmp_path)])
+    bad_scheduler = runner.invoke(
+        app,
+        ["models", "add", str(tiny_sd15), "--title", "T", "--default-scheduler", "Euler", "--data-dir", str(tmp_path)],
+    )
     assert bad_scheduler.exit_code == 1 and "DPMSolverMultistep" in bad_scheduler.output
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello")
@@ -115,7 +161,7 @@ def test_shipped_sd15_skeleton_has_the_real_topology(tmp_path: Path, tiny_sd15: 
 
 
 def test_serve_demo_installs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from daguerre.demo import DEMO_MODEL_ID, demo_token, install_demo
+    from daguerre.demo.install import DEMO_MODEL_ID, demo_token, install_demo
 
     settings = Settings(data_dir=tmp_path)
     database = open_database(settings)

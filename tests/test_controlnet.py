@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daguerre.engine.local import LocalEngine
+from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.uploads import prepare_image
 from tests.adapters import (  # noqa: F401  (fixtures)
     annotator_dirs,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from daguerre.app import create_app
-from daguerre.demo import DEMO_MODEL_ID, demo_token, install_demo
-from daguerre.engine.local import LocalEngine
+from daguerre.demo.install import DEMO_MODEL_ID, demo_token, install_demo
+from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Kind
 from daguerre.settings import Settings
 from tests.adapters import photo, png
@@ -23,8 +23,15 @@ def test_demo_installs_every_extra_and_they_run(settings: Settings, engine: Loca
         assert sorted(m.options["annotator"] for m in catalog.list(Kind.ANNOTATOR)) == ["depth", "openpose"]
         token = demo_token(settings, services.accounts)
         fields = {
-            "access_token": token, "model_id": DEMO_MODEL_ID, "prompt": "a cat <lora:demo-lora:0.5>",
-            "width": 128, "height": 128, "num_images": 1, "controlnet": "depth", "lcm": "true", "steps": 2,
+            "access_token": token,
+            "model_id": DEMO_MODEL_ID,
+            "prompt": "a cat <lora:demo-lora:0.5>",
+            "width": 128,
+            "height": 128,
+            "num_images": 1,
+            "controlnet": "depth",
+            "lcm": "true",
+            "steps": 2,
         }
         files = {"init_image_file": ("p.png", png(photo()), "image/png")}
         body = client.post("/api/inference", data=fields, files=files).json()

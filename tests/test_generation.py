@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daguerre.engine.local import LocalEngine
+from daguerre.engine.runtime.local import LocalEngine
 from daguerre.protocol.inference import SCHEDULERS
 from daguerre.services.catalog import Format, NewModel
 from tests.conftest import Api
@@ -101,7 +101,7 @@ def test_single_file_checkpoint_renders_like_its_diffusers_folder(api: Api, tiny
 
 def test_versions_latest_by_default_and_selectable(api: Api, tiny_sd15, tiny_single_file) -> None:
     checkpoint, skeleton = tiny_single_file
-    from daguerre.engine.tiny_models import build_tiny_sd15
+    from daguerre.demo.tiny_models import build_tiny_sd15
 
     other_weights = build_tiny_sd15(tiny_sd15.parent / "tiny-v2", seed=1)
     catalog = api.services.catalog

@@ -9,8 +9,7 @@ from tests.conftest import Api
 
 
 def hires(api: Api, source: dict) -> bytes:
-    body = api.post("/api/upscale", inf_id=source["inf_id"], url=source["images"][0], type="hires_fix",
-                    strength="1")
+    body = api.post("/api/upscale", inf_id=source["inf_id"], url=source["images"][0], type="hires_fix", strength="1")
     assert body["error_code"] == 0, body
     return api.fetch(body["output"])
 

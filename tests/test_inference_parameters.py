@@ -157,7 +157,8 @@ def test_three_body_encodings_reach_the_engine_the_same(recorded_api: Api, recor
         # multipart/form-data, as browsers' FormData sends it
         client.post("/api/inference", files={k: (None, v) for k, v in fields.items()}).json(),
         client.post(
-            "/api/inference", content=json.dumps({**fields, "width": 256, "seed": 9}),
+            "/api/inference",
+            content=json.dumps({**fields, "width": 256, "seed": 9}),
             headers={"content-type": "application/json"},
         ).json(),
     ]

@@ -63,8 +63,15 @@ def test_serve_prints_the_url_and_a_working_demo_token(server: tuple[str, str]) 
     assert [m["id"] for m in models["models"]] == ["demo"]
     answer = httpx.post(
         f"{url}/api/inference",
-        data={"access_token": token, "model_id": "demo", "prompt": "p", "width": 128, "height": 128,
-              "steps": 2, "num_images": 1},
+        data={
+            "access_token": token,
+            "model_id": "demo",
+            "prompt": "p",
+            "width": 128,
+            "height": 128,
+            "steps": 2,
+            "num_images": 1,
+        },
         timeout=120,
     ).json()
     assert answer["error_code"] == 0, answer
@@ -79,8 +86,15 @@ def test_health_answers_while_a_generation_runs(server: tuple[str, str]) -> None
     def generate() -> None:
         httpx.post(
             f"{url}/api/inference",
-            data={"access_token": token, "model_id": "demo", "prompt": "p", "width": 256, "height": 256,
-                  "steps": 12, "num_images": 1},
+            data={
+                "access_token": token,
+                "model_id": "demo",
+                "prompt": "p",
+                "width": 256,
+                "height": 256,
+                "steps": 12,
+                "num_images": 1,
+            },
             timeout=300,
         )
         done.set()
@@ -120,7 +134,13 @@ def test_readme_curl_examples_run(server: tuple[str, str], tmp_path: Path) -> No
     env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token}
     for example in examples:
         result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", example], env=env, cwd=tmp_path, capture_output=True, text=True,
+            ["bash", "-euo", "pipefail", "-c", example],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
             timeout=300,
         )
-        assert result.returncode == 0 and '"error_code":0' in result.stdout, f"{example}\n{result.stdout}{result.stderr}"
+        assert result.returncode == 0 and '"error_code":0' in result.stdout, (
+            f"{example}\n{result.stdout}{result.stderr}"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daguerre.engine.local import LocalEngine
+from daguerre.engine.runtime.local import LocalEngine
 from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
 from tests.conftest import Api
 
@@ -16,7 +16,9 @@ def image(api: Api, **fields: object) -> bytes:
     return api.fetch(body["images"][0])
 
 
-def test_lora_never_leaks_and_never_reloads_the_base(api: Api, engine: LocalEngine, lora_files: dict[str, Path]) -> None:
+def test_lora_never_leaks_and_never_reloads_the_base(
+    api: Api, engine: LocalEngine, lora_files: dict[str, Path]
+) -> None:
     register(api, "lora", lora_files["a"], "lora-a")
     register(api, "lora", lora_files["b"], "lora-b")
     base = image(api)

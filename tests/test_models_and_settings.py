@@ -13,16 +13,31 @@ from tests.conftest import Api
 
 def test_models_entries_have_the_fields_hosted_clients_validate(recorded_api: Api, tiny_sd15: Path) -> None:
     recorded_api.services.catalog.add(
-        NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="4zdwGOB", title="DreamShaper", tags=["anime"],
-                 civitai_model_id=4384, cover_img="https://img.example/c.png", link="https://civitai.com/models/4384")
+        NewModel(
+            path=tiny_sd15,
+            format=Format.DIFFUSERS,
+            id="4zdwGOB",
+            title="DreamShaper",
+            tags=["anime"],
+            civitai_model_id=4384,
+            cover_img="https://img.example/c.png",
+            link="https://civitai.com/models/4384",
+        )
     )
     body = recorded_api.post("/api/models")
     assert body["error_code"] == 0 and body["loras"] == [] and body["video_models"] == []
     tiny, dream = body["models"]
     assert dream == {
-        "id": "4zdwGOB", "title": "DreamShaper", "name": "DreamShaper", "cover_img": "https://img.example/c.png",
-        "link": "https://civitai.com/models/4384", "tags": ["anime"], "type": "checkpoint", "base_model": "sd15",
-        "versions": ["1"], "civitai_model_id": 4384,
+        "id": "4zdwGOB",
+        "title": "DreamShaper",
+        "name": "DreamShaper",
+        "cover_img": "https://img.example/c.png",
+        "link": "https://civitai.com/models/4384",
+        "tags": ["anime"],
+        "type": "checkpoint",
+        "base_model": "sd15",
+        "versions": ["1"],
+        "civitai_model_id": 4384,
     }
     # Unset strings are "", never null; an unknown Civitai id is absent rather than null.
     assert tiny["cover_img"] == "" and tiny["link"] == "" and tiny["tags"] == []
@@ -39,7 +54,7 @@ def test_models_needs_a_valid_token(recorded_api: Api) -> None:
 
 def test_settings_from_environment_then_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "daguerre.toml"
-    config.write_text('max_num_images = 8\nport = 9000\n[pricing]\nimage_rate = 0.25\n')
+    config.write_text("max_num_images = 8\nport = 9000\n[pricing]\nimage_rate = 0.25\n")
     monkeypatch.setenv("DAGUERRE_CONFIG", str(config))
     monkeypatch.setenv("DAGUERRE_PORT", "9100")
     monkeypatch.setenv("DAGUERRE_DATA_DIR", str(tmp_path / "d"))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from daguerre.engine.prompt_encoding import CHUNK, encode_prompt_pair, weighted_chunks
-from daguerre.engine.prompt_syntax import Break, Fragment, parse_prompt
+from daguerre.engine.prompts.encoding import CHUNK, encode_prompt_pair, weighted_chunks
+from daguerre.engine.prompts.syntax import Break, Fragment, parse_prompt
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,9 @@ def pipe(tiny_sd15) -> StableDiffusionPipeline:
 
 
 def test_plain_prompt_encodes_exactly_like_diffusers(pipe: StableDiffusionPipeline) -> None:
-    ours, ours_negative = encode_prompt_pair("a photo of a cat", "blurry", pipe.tokenizer, pipe.text_encoder, pipe.device)
+    ours, ours_negative = encode_prompt_pair(
+        "a photo of a cat", "blurry", pipe.tokenizer, pipe.text_encoder, pipe.device
+    )
     theirs, theirs_negative = pipe.encode_prompt("a photo of a cat", "cpu", 1, True, "blurry")
     assert torch.equal(ours, theirs)
     assert torch.equal(ours_negative, theirs_negative)

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from daguerre.engine.jobs import TextToImageJob
-from daguerre.engine.local import LocalEngine
+from daguerre.engine.runtime.local import LocalEngine
 from daguerre.errors import ServerBusy
 from daguerre.services.inference import model_spec
 from tests.conftest import Api
@@ -42,9 +42,7 @@ def test_busy_envelope_costs_nothing(api: Api, engine: LocalEngine, monkeypatch:
 
 def test_cors_lets_browsers_call_the_api(api: Api) -> None:
     origin = {"Origin": "https://app.example"}
-    preflight = api.client.options(
-        "/api/inference", headers={**origin, "Access-Control-Request-Method": "POST"}
-    )
+    preflight = api.client.options("/api/inference", headers={**origin, "Access-Control-Request-Method": "POST"})
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] in ("*", "https://app.example")
     answer = api.client.post("/api/models", data={"access_token": api.token}, headers=origin)

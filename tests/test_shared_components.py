@@ -17,9 +17,9 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
-from daguerre.engine.pipelines.text_to_image import derive
+from daguerre.demo.tiny_models import build_tiny_controlnet, build_tiny_motion_adapter
+from daguerre.engine.pipelines.sampling import derive
 from daguerre.engine.pipelines.video import animatediff_pipeline
-from daguerre.engine.tiny_models import build_tiny_controlnet, build_tiny_motion_adapter
 
 HALF = torch.bfloat16  # the half precision a CPU runs
 

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from daguerre.app import create_app
-from daguerre.engine.inspection import inspect_model
-from daguerre.engine.local import LocalEngine
+from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Format, Kind, NewModel
+from daguerre.services.probing import inspect_model
 from daguerre.settings import Settings
 from tests.conftest import Api
 
@@ -199,9 +199,7 @@ def test_esrgan_can_upscale_an_upscale_but_hires_fix_needs_the_original(up: Api)
     }
 
 
-def test_hires_fix_is_reproducible_and_survives_a_restart(
-    up: Api, settings: Settings, engine: LocalEngine
-) -> None:
+def test_hires_fix_is_reproducible_and_survives_a_restart(up: Api, settings: Settings, engine: LocalEngine) -> None:
     source = up.infer(seed=7)
     first = upscale(up, source, type="hires_fix", strength="0.5")
     assert first["error_code"] == 0, first

@@ -10,11 +10,11 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from daguerre.cli import app
-from daguerre.demo import install_demo_upscalers
-from daguerre.engine.inspection import UnsupportedModel, inspect_model
-from daguerre.engine.tiny_models import build_tiny_rrdbnet
+from daguerre.demo.install import install_demo_upscalers
+from daguerre.demo.tiny_models import build_tiny_rrdbnet
 from daguerre.services.catalog import Format, Kind, ModelRecord, Version
 from daguerre.services.container import open_database
+from daguerre.services.probing import UnsupportedModel, inspect_model
 from daguerre.services.upscale import pick_upscaler
 from daguerre.settings import Settings, Upscaling
 from tests.conftest import Api
@@ -26,8 +26,20 @@ def test_models_add_kind_upscaler_records_the_native_scale(tmp_path: Path, tiny_
     safetensors = build_tiny_rrdbnet(tmp_path / "x2.safetensors", 2, seed=1)
     for path, model_id, scale in ((tiny_upscalers[4], "up4", 4), (safetensors, "up2", 2)):
         result = runner.invoke(
-            app, ["models", "add", str(path), "--kind", "upscaler", "--title", "Up", "--id", model_id,
-                  "--data-dir", str(tmp_path)]
+            app,
+            [
+                "models",
+                "add",
+                str(path),
+                "--kind",
+                "upscaler",
+                "--title",
+                "Up",
+                "--id",
+                model_id,
+                "--data-dir",
+                str(tmp_path),
+            ],
         )
         assert result.exit_code == 0, result.output
         assert f"added upscaler {model_id} version 1 (single_file, esrgan)" in " ".join(result.output.split())
@@ -57,9 +69,19 @@ def test_files_that_are_not_upscalers_are_refused(
 
 def _upscaler(model_id: str, scale: int) -> ModelRecord:
     return ModelRecord(
-        id=model_id, kind=Kind.UPSCALER, title=model_id, family="esrgan", cover_img="", link="", tags=[],
-        civitai_model_id=None, default_scale=None, default_scheduler=None, default_negative_prompt=None,
-        options={"scale": scale}, versions=[Version("1", f"/{model_id}.pth", Format.SINGLE_FILE, None)],
+        id=model_id,
+        kind=Kind.UPSCALER,
+        title=model_id,
+        family="esrgan",
+        cover_img="",
+        link="",
+        tags=[],
+        civitai_model_id=None,
+        default_scale=None,
+        default_scheduler=None,
+        default_negative_prompt=None,
+        options={"scale": scale},
+        versions=[Version("1", f"/{model_id}.pth", Format.SINGLE_FILE, None)],
     )
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from spandrel import ImageModelDescriptor
 
 from daguerre.engine.jobs import ModelSpec, Tiling
-from daguerre.engine.upscaling import (
+from daguerre.engine.pipelines.upscaling import (
     load_upscaler,
     tile_starts,
     upscale_image,

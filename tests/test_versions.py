@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daguerre.engine.tiny_models import build_tiny_sd15
+from daguerre.demo.tiny_models import build_tiny_sd15
 from daguerre.services.catalog import Format, NewModel
 from tests.conftest import Api
 

@@ -22,12 +22,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from daguerre.cli import app as cli
-from daguerre.demo import install_demo
-from daguerre.engine.inspection import UnsupportedModel, inspect_model
+from daguerre.demo.install import install_demo
 from daguerre.engine.jobs import VideoJob, VideoResult
 from daguerre.errors import GenerationFailed
 from daguerre.services.catalog import Format, Kind, NewModel
 from daguerre.services.pricing import video_cost
+from daguerre.services.probing import UnsupportedModel, inspect_model
 from daguerre.services.video import frame_size
 from daguerre.settings import Pricing, RemoteImageSettings, Settings, VideoSettings
 from tests.conftest import Api
@@ -43,8 +43,15 @@ def settings(tmp_path: Path) -> Settings:
 def register(api: Api, path: Path, model_id: str) -> None:
     info = inspect_model("video", path)
     api.services.catalog.add(
-        NewModel(path=path, format=Format(info.format), kind=Kind.VIDEO, id=model_id, title=model_id,
-                 family=info.family, options=info.options)
+        NewModel(
+            path=path,
+            format=Format(info.format),
+            kind=Kind.VIDEO,
+            id=model_id,
+            title=model_id,
+            family=info.family,
+            options=info.options,
+        )
     )
 
 
@@ -135,7 +142,7 @@ class _ImageHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         body = png(200, 120)
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -205,7 +212,13 @@ def test_string_values_and_resolution_case(vapi: Api, jobs: list[VideoJob]) -> N
     body = video(vapi, resolution="720P", fps="30", num_frames="13", steps="2.0", scale="4.5", seed="7")
     job = jobs[-1]
     assert (job.width, job.height, job.fps, job.num_frames, job.steps, job.guidance_scale, job.seed) == (
-        160, 96, 30, 13, 2, 4.5, 7,
+        160,
+        96,
+        30,
+        13,
+        2,
+        4.5,
+        7,
     )
     assert body["credit_cost"] == video_cost(Pricing(), 1280, 720, 13, 2) / 1000
 
@@ -322,7 +335,11 @@ def test_inspector(tiny_video_models: dict[str, Path], tiny_sd15: Path, tmp_path
     assert adapter.family == "sd15" and adapter.options["max_frames"] == 32
     named = shutil.copytree(tiny_video_models["i2v"], tmp_path / "Wan2.1-I2V-14B-480P-Diffusers")
     assert inspect_model("video", named).options["resolutions"] == ["480p"]
-    refusals = [(tiny_sd15, "StableDiffusionPipeline"), (tmp_path, "neither"), (tiny_sd15 / "model_index.json", "folders")]
+    refusals = [
+        (tiny_sd15, "StableDiffusionPipeline"),
+        (tmp_path, "neither"),
+        (tiny_sd15 / "model_index.json", "folders"),
+    ]
     for path, why in refusals:
         with pytest.raises(UnsupportedModel, match=why):
             inspect_model("video", path)
@@ -331,8 +348,9 @@ def test_inspector(tiny_video_models: dict[str, Path], tiny_sd15: Path, tmp_path
 def test_cli_registers_video_models(tiny_video_models: dict[str, Path], tmp_path: Path) -> None:
     runner = CliRunner()
     for path in tiny_video_models.values():
-        result = runner.invoke(cli, ["models", "add", str(path), "--kind", "video", "--title", path.name,
-                                     "--data-dir", str(tmp_path)])
+        result = runner.invoke(
+            cli, ["models", "add", str(path), "--kind", "video", "--title", path.name, "--data-dir", str(tmp_path)]
+        )
         assert result.exit_code == 0, result.output
     listing = runner.invoke(cli, ["models", "list", "--data-dir", str(tmp_path)])
     assert listing.output.count("video") >= 3
@@ -369,5 +387,7 @@ def test_frame_sizes() -> None:
 
 
 def test_jobs_carry_plain_data() -> None:
-    assert all(f.type in ("ModelSpec", "str", "int", "float", "ModelSpec | None", "bytes | None")
-               for f in dataclasses.fields(VideoJob))
+    assert all(
+        f.type in ("ModelSpec", "str", "int", "float", "ModelSpec | None", "bytes | None")
+        for f in dataclasses.fields(VideoJob)
+    )

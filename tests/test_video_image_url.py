@@ -48,7 +48,7 @@ class Handler(BaseHTTPRequestHandler):
         except BrokenPipeError:
             pass  # the client gave up (the time-limit test)
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
         if path == "/ok.png":
             self._send(200, png(), {"Content-Type": "image/png"})
@@ -103,7 +103,13 @@ def refused(images: RemoteImages, url: str, own: tuple[str, ...] = ()) -> str:
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://example.com/a.png", "file:///etc/passwd", "gopher://example.com/", "data:image/png;base64,AA", "/files/x.png"],
+    [
+        "ftp://example.com/a.png",
+        "file:///etc/passwd",
+        "gopher://example.com/",
+        "data:image/png;base64,AA",
+        "/files/x.png",
+    ],
 )
 def test_only_http_and_https_are_fetched(tmp_path: Path, url: str) -> None:
     assert "only http and https" in refused(fetcher(tmp_path), url)

@@ -17,7 +17,7 @@ from daguerre.settings import Settings
 
 
 def default_engine(settings: Settings) -> EngineClient:
-    from daguerre.engine.local import (
+    from daguerre.engine.runtime.local import (
         LocalEngine,  # torch is imported only when an engine is built
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -30,9 +29,8 @@ DataDir = Annotated[
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    if data_dir is not None:
-        os.environ["DAGUERRE_DATA_DIR"] = str(data_dir)
-    return Settings()
+    # Passed to the constructor, so the flag outranks DAGUERRE_DATA_DIR and the config file.
+    return Settings(data_dir=data_dir) if data_dir is not None else Settings()
 
 
 def _database(settings: Settings):  # type: ignore[no-untyped-def]
@@ -57,7 +55,7 @@ def serve(
     import uvicorn
 
     from daguerre.app import create_app
-    from daguerre.demo import demo_token, install_demo
+    from daguerre.demo.install import demo_token, install_demo
 
     settings = _settings(data_dir)
     settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
@@ -149,9 +147,9 @@ def models_add(
     data_dir: DataDir = None,
 ) -> None:
     """Register a model from local files (an SD 1.x image checkpoint by default); loaded offline."""
-    from daguerre.engine.inspection import UnsupportedModel, inspect_model
-    from daguerre.engine.schedulers import SCHEDULER_NAMES
+    from daguerre.engine.pipelines.schedulers import SCHEDULER_NAMES
     from daguerre.services.catalog import Format, Kind, NewModel
+    from daguerre.services.probing import UnsupportedModel, inspect_model
 
     if default_scheduler is not None and default_scheduler not in SCHEDULER_NAMES:
         _fail(ValueError(f"--default-scheduler must be one of {', '.join(SCHEDULER_NAMES)}"))

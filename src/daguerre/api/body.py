@@ -41,7 +41,9 @@ async def read_fields(request: Request) -> tuple[dict[str, Any], dict[str, Uploa
         )
     # An empty form field, or a JSON null, means "not given" (a browser form sends empty fields);
     # the prompt is the exception: an empty prompt is a prompt.
-    fields = {k: v for k, v in fields.items() if k == "prompt" or not (v is None or (isinstance(v, str) and not v.strip()))}
+    fields = {
+        k: v for k, v in fields.items() if k == "prompt" or not (v is None or (isinstance(v, str) and not v.strip()))
+    }
     bearer = request.headers.get("authorization", "")
     if "access_token" not in fields and bearer.lower().startswith("bearer "):
         fields["access_token"] = bearer[7:].strip()

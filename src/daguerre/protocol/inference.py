@@ -35,15 +35,18 @@ class InferenceRequest(BaseModel):
     seed: Int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i")
     scheduler: SchedulerName | None = Field(None, description="Default the model's, else DPMSolverMultistep")
     lora: Text | None = Field(
-        None, description="Id of a LoRA from /api/models; several: ids separated by commas. <lora:id:weight> "
-        "tags in the prompt add more"
+        None,
+        description="Id of a LoRA from /api/models; several: ids separated by commas. <lora:id:weight> "
+        "tags in the prompt add more",
     )
     lora_scale: Text = Field(
         "0.75", description="From -2 to 2; several LoRAs: one scale for all, or one per id separated by commas"
     )
     lcm: Bool = Field(False, description="Fast LCM sampling at half the cost: default steps 6, scale 1.5")
     image_strength: float = Field(0.75, ge=0, le=1, description="img2img: how much to transform init_image_file")
-    controlnet: ControlNetName | None = Field(None, description="Needs init_image_file; image_strength then has no effect")
+    controlnet: ControlNetName | None = Field(
+        None, description="Needs init_image_file; image_strength then has no effect"
+    )
     controlnet_preprocess: Bool = Field(
         True, description="false: init_image_file is a ready-made control map, used as sent (after resizing)"
     )

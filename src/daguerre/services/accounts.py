@@ -105,9 +105,7 @@ class AccountService:
         """Debit `cost` millicredits or raise InsufficientCredits; never goes below zero."""
         with self._sessions.begin() as session:
             result = session.execute(
-                update(Token)
-                .where(Token.id == token_id, Token.balance >= cost)
-                .values(balance=Token.balance - cost)
+                update(Token).where(Token.id == token_id, Token.balance >= cost).values(balance=Token.balance - cost)
             )
             if result.rowcount != 1:
                 balance = session.scalar(select(Token.balance).where(Token.id == token_id)) or 0
@@ -128,9 +126,7 @@ class AccountService:
 
     def ledger(self, token_id: int) -> list[LedgerRow]:
         with self._sessions() as session:
-            rows = session.scalars(
-                select(LedgerEntry).where(LedgerEntry.token_id == token_id).order_by(LedgerEntry.id)
-            )
+            rows = session.scalars(select(LedgerEntry).where(LedgerEntry.token_id == token_id).order_by(LedgerEntry.id))
             return [LedgerRow(r.kind, from_milli(r.delta), r.reference, r.note, r.created_at) for r in rows]
 
     @staticmethod

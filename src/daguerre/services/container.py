@@ -11,7 +11,7 @@ from daguerre.engine.client import EngineClient
 from daguerre.services.accounts import AccountService
 from daguerre.services.catalog import CatalogService
 from daguerre.services.inference import InferenceService
-from daguerre.services.inferences import InferenceStore
+from daguerre.services.records import InferenceStore
 from daguerre.services.remote_images import RemoteImages
 from daguerre.services.storage import Storage
 from daguerre.services.upscale import UpscaleService

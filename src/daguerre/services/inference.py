@@ -26,7 +26,7 @@ from daguerre.protocol.inference import (
     InferenceRequest,
     InferenceResponse,
 )
-from daguerre.services import adapters
+from daguerre.services import model_extras
 from daguerre.services.accounts import TokenInfo, from_milli
 from daguerre.services.catalog import Kind, ModelRecord, Version
 from daguerre.services.pricing import image_cost
@@ -54,9 +54,8 @@ def join_negative(negative_prompt: str, default: str) -> str:
     return ", ".join(p for p in (negative_prompt.strip(), default.strip()) if p)
 
 
-
 class InferenceService(ServingModule):
-    async def text_to_image(
+    async def generate(
         self, token: TokenInfo, request: InferenceRequest, base_url: str, init_image: bytes | None = None
     ) -> InferenceResponse:
         """Text-to-image, or image-to-image / ControlNet when `init_image` (the upload's bytes) is given."""
@@ -66,13 +65,13 @@ class InferenceService(ServingModule):
             )
         if request.controlnet and init_image is None:
             raise InvalidParameter.missing("init_image_file")  # the photo or map a ControlNet follows
-        prompt, lora_weights = adapters.requested_loras(request)
+        prompt, lora_weights = model_extras.requested_loras(request)
         model = await to_thread.run_sync(self.catalog.get, request.model_id, Kind.CHECKPOINT)
         version = model.version(request.version)
         job = await to_thread.run_sync(self._job, request, model, version, prompt, lora_weights, init_image)
         cost = image_cost(self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm)
         params = {k: v for k, v in asdict(job).items() if k != "model" and not isinstance(v, bytes)}
-        async with self.billing.charged(token.id, cost, "image", model.id, version.version, params) as inf_id:
+        async with self.lifecycle.charged(token.id, cost, "image", model.id, version.version, params) as inf_id:
             result = await self.engine.submit(job)
             keys = [self.storage.new_key("images", result.extension) for _ in result.images]
             files = dict(zip(keys, result.images, strict=True))
@@ -80,7 +79,7 @@ class InferenceService(ServingModule):
             if result.control_image is not None:
                 control_key = self.storage.new_key("images", ".png")
                 files[control_key] = result.control_image
-            await self.billing.deliver(inf_id, files, keys)
+            await self.lifecycle.deliver(inf_id, files, keys)
         return InferenceResponse(
             images=[f"{base_url}/files/{key}" for key in keys],
             credit_cost=from_milli(cost),
@@ -99,9 +98,9 @@ class InferenceService(ServingModule):
         init_image: bytes | None,
     ) -> TextToImageJob:
         """Resolve defaults, LoRAs, LCM and ControlNet against the catalog; prepare the upload."""
-        loras = adapters.lora_specs(self.catalog, model, lora_weights)
+        loras = model_extras.lora_specs(self.catalog, model, lora_weights)
         if request.lcm:
-            loras = (*loras, adapters.lcm_lora(self.catalog, model))
+            loras = (*loras, model_extras.lcm_lora(self.catalog, model))
             steps = request.steps if "steps" in request.model_fields_set else LCM_STEPS
             scale = request.scale if request.scale is not None else LCM_SCALE
             scheduler = LCM_SCHEDULER
@@ -110,7 +109,7 @@ class InferenceService(ServingModule):
             scale = request.scale if request.scale is not None else (model.default_scale or DEFAULT_SCALE)
             scheduler = request.scheduler or model.default_scheduler or DEFAULT_SCHEDULER
         control = (
-            adapters.controlnet_specs(self.catalog, model, request.controlnet, request.controlnet_preprocess)
+            model_extras.controlnet_specs(self.catalog, model, request.controlnet, request.controlnet_preprocess)
             if request.controlnet
             else None
         )
@@ -149,4 +148,3 @@ class InferenceService(ServingModule):
                 preprocess=request.controlnet_preprocess,
             )
         return ImageToImageJob(**common, init_image=prepared, strength=request.image_strength)  # type: ignore[arg-type]
-

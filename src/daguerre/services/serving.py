@@ -1,13 +1,13 @@
 """What the serving modules (inference, upscale, video) share: the services they use and the one
-billing flow every paid request goes through."""
+job lifecycle every paid request goes through."""
 
 from __future__ import annotations
 
 from daguerre.engine.client import EngineClient
 from daguerre.services.accounts import AccountService
-from daguerre.services.billing import Billing
 from daguerre.services.catalog import CatalogService
-from daguerre.services.inferences import InferenceStore
+from daguerre.services.lifecycle import JobLifecycle
+from daguerre.services.records import InferenceStore
 from daguerre.services.storage import Storage
 from daguerre.settings import Settings
 
@@ -28,4 +28,4 @@ class ServingModule:
         self.inferences = inferences
         self.storage = storage
         self.engine = engine
-        self.billing = Billing(accounts, inferences, storage)
+        self.lifecycle = JobLifecycle(accounts, inferences, storage)

@@ -49,4 +49,3 @@ class Storage:
 
 def content_type(key: str) -> str:
     return CONTENT_TYPES.get(key[key.rfind(".") :].lower(), "application/octet-stream")
-

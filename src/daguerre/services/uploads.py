@@ -59,9 +59,7 @@ def prepare_image(data: bytes, width: int, height: int, max_pixels: int, backgro
             image = Image.open(io.BytesIO(data))
             pixels = image.width * image.height
             if pixels > max_pixels:
-                raise _bad(
-                    f"{image.width}x{image.height} is {pixels} pixels, more than the limit of {max_pixels}"
-                )
+                raise _bad(f"{image.width}x{image.height} is {pixels} pixels, more than the limit of {max_pixels}")
             image.load()
     except UnidentifiedImageError:
         raise _bad("not an image Pillow can read (send PNG, JPEG, WebP, ...)") from None

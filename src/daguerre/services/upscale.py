@@ -29,8 +29,8 @@ from daguerre.protocol.upscale import HIRES_FIX_SCALE, UpscaleRequest, UpscaleRe
 from daguerre.services.accounts import TokenInfo, from_milli
 from daguerre.services.catalog import Kind, ModelRecord
 from daguerre.services.inference import model_spec
-from daguerre.services.inferences import InferenceRecord
 from daguerre.services.pricing import hires_fix_cost, upscale_cost
+from daguerre.services.records import InferenceRecord
 from daguerre.services.serving import ServingModule
 
 
@@ -82,11 +82,11 @@ class UpscaleService(ServingModule):
         image = await to_thread.run_sync(self.storage.get, key)
         plan_for = self._plan_hires_fix if request.type == "hires_fix" else self._plan_esrgan
         plan = await to_thread.run_sync(plan_for, request, source, key, image)
-        billing = self.billing.charged(token.id, plan.cost, "upscale", plan.model_id, plan.version, plan.params)
-        async with billing as up_id:
+        paid = self.lifecycle.charged(token.id, plan.cost, "upscale", plan.model_id, plan.version, plan.params)
+        async with paid as up_id:
             result = await self.engine.submit(plan.job)
             out_key = self.storage.new_key("images", result.extension)
-            await self.billing.deliver(up_id, {out_key: result.images[0]}, [out_key])
+            await self.lifecycle.deliver(up_id, {out_key: result.images[0]}, [out_key])
         return UpscaleResponse(
             output=f"{base_url}/files/{out_key}",
             credit_cost=from_milli(plan.cost),

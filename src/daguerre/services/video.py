@@ -131,8 +131,13 @@ class VideoService(ServingModule):
         model = self.catalog.get(model_id)
         if model.kind == Kind.VIDEO and model.options.get("architecture") == WAN:
             return VideoModel(
-                model, None, WAN, model.options["mode"], model.options["resolutions"],
-                MAX_FRAMES, _defaults(WAN, model.options),
+                model,
+                None,
+                WAN,
+                model.options["mode"],
+                model.options["resolutions"],
+                MAX_FRAMES,
+                _defaults(WAN, model.options),
             )
         if model.kind == Kind.VIDEO:
             raise InvalidParameter(
@@ -148,8 +153,13 @@ class VideoService(ServingModule):
                 f"adapter animates it ({model.family}); /api/models lists video models under video_models",
             )
         return VideoModel(
-            model, adapter, ANIMATEDIFF, "t2v", adapter.options["resolutions"],
-            int(adapter.options["max_frames"]), _defaults(ANIMATEDIFF, adapter.options),
+            model,
+            adapter,
+            ANIMATEDIFF,
+            "t2v",
+            adapter.options["resolutions"],
+            int(adapter.options["max_frames"]),
+            _defaults(ANIMATEDIFF, adapter.options),
         )
 
     def _num_frames(self, video: VideoModel, requested: int | None) -> int:
@@ -216,10 +226,10 @@ class VideoService(ServingModule):
         params.update(resolution=request.resolution, image_url=request.image_url)
         if video.adapter:
             params["motion_adapter"] = {"id": video.adapter.id, "version": video.adapter.latest.version}
-        async with self.billing.charged(token.id, cost, "video", video.model.id, version.version, params) as inf_id:
+        async with self.lifecycle.charged(token.id, cost, "video", video.model.id, version.version, params) as inf_id:
             result = await self.engine.submit(job)
             key = self.storage.new_key("videos", result.extension)
-            await self.billing.deliver(inf_id, {key: result.video}, [key])  # type: ignore[dict-item]
+            await self.lifecycle.deliver(inf_id, {key: result.video}, [key])  # type: ignore[dict-item]
         return VideoResponse(
             video_url=f"{base_url}/files/{key}",
             inf_id=inf_id,

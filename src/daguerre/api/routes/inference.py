@@ -30,4 +30,4 @@ async def inference(request: Request) -> InferenceResponse:
         raise DaguerreError(f"unexpected file field {', '.join(unknown)}: /api/inference takes one file, {FIELD}")
     settings = services(request).settings
     init_image = await read_upload(files[FIELD], settings.max_upload_bytes) if FIELD in files else None
-    return await services(request).inference.text_to_image(token, body, base_url(request), init_image)
+    return await services(request).inference.generate(token, body, base_url(request), init_image)

@@ -14,8 +14,8 @@ from diffusers import (
 from PIL import Image
 
 from daguerre.engine.jobs import ControlNetJob
-from daguerre.engine.pipelines.text_to_image import derive, sample
-from daguerre.engine.schedulers import Schedulers
+from daguerre.engine.pipelines.sampling import derive, sample
+from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.imaging import encode_png
 
 

@@ -12,9 +12,9 @@ from PIL import Image
 from spandrel import ImageModelDescriptor
 
 from daguerre.engine.jobs import HiresFixJob
-from daguerre.engine.pipelines.text_to_image import derive, sample
-from daguerre.engine.schedulers import Schedulers
-from daguerre.engine.upscaling import upscale_image
+from daguerre.engine.pipelines.sampling import derive, sample
+from daguerre.engine.pipelines.schedulers import Schedulers
+from daguerre.engine.pipelines.upscaling import upscale_image
 from daguerre.imaging import encode_png
 
 

@@ -18,8 +18,9 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from daguerre.engine.jobs import ImageToImageJob
-from daguerre.engine.pipelines.text_to_image import derive, sample, text_to_image
-from daguerre.engine.schedulers import Schedulers
+from daguerre.engine.pipelines.sampling import derive, sample
+from daguerre.engine.pipelines.schedulers import Schedulers
+from daguerre.engine.pipelines.text_to_image import text_to_image
 from daguerre.imaging import encode_png
 
 

@@ -22,8 +22,8 @@ from PIL import Image
 from transformers import CLIPVisionModel
 
 from daguerre.engine.jobs import ModelSpec, VideoJob
-from daguerre.engine.pipelines.text_to_image import seed_generators
-from daguerre.engine.prompt_encoding import encode_prompt_pair
+from daguerre.engine.pipelines.sampling import seed_generators
+from daguerre.engine.prompts.encoding import encode_prompt_pair
 
 
 def load_wan(

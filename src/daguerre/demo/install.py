@@ -29,7 +29,7 @@ def install_demo_model(settings: Settings, catalog: CatalogService) -> ModelReco
         return catalog.get(DEMO_MODEL_ID)
     except NotFound:
         pass
-    from daguerre.engine.tiny_models import build_tiny_sd15  # torch only when building
+    from daguerre.demo.tiny_models import build_tiny_sd15  # torch only when building
 
     folder = settings.models_dir / "demo-sd15"
     if not (folder / "model_index.json").exists():
@@ -49,8 +49,8 @@ def install_demo_model(settings: Settings, catalog: CatalogService) -> ModelReco
 def install_demo_upscalers(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:
     """Idempotent: builds and registers tiny x2 and x4 RRDBNet upscalers (ids demo-esrgan-x2 and
     demo-esrgan-x4) only if they are not there."""
-    from daguerre.engine.inspection import inspect_model  # torch only when building
-    from daguerre.engine.tiny_models import build_tiny_rrdbnet
+    from daguerre.demo.tiny_models import build_tiny_rrdbnet
+    from daguerre.services.probing import inspect_model  # torch only when building
 
     records = []
     for scale in (2, 4):
@@ -92,37 +92,69 @@ def _install_extra(catalog: CatalogService, new: NewModel, build: Callable[[Path
 def install_demo_extras(settings: Settings, catalog: CatalogService) -> None:
     """A LoRA, an LCM-LoRA, the three ControlNets and the depth and openpose annotators for the
     demo model, all tiny random weights, so every img2img/ControlNet/LoRA/LCM path can be tried."""
-    from daguerre.engine import tiny_models as tiny  # torch only when building
+    from daguerre.demo import tiny_models as tiny  # torch only when building
 
     base = Path(catalog.get(DEMO_MODEL_ID).latest.path)
     folder = settings.models_dir
     extras: list[tuple[NewModel, Callable[[Path], object]]] = [
         (
-            NewModel(folder / "demo-lora.safetensors", Format.SINGLE_FILE, "Demo LoRA (random weights)",
-                     kind=Kind.LORA, id="demo-lora", options={"layout": "kohya"}),
+            NewModel(
+                folder / "demo-lora.safetensors",
+                Format.SINGLE_FILE,
+                "Demo LoRA (random weights)",
+                kind=Kind.LORA,
+                id="demo-lora",
+                options={"layout": "kohya"},
+            ),
             lambda path: tiny.build_tiny_lora(base, path, layout="kohya", seed=1),
         ),
         (
-            NewModel(folder / "demo-lcm-lora.safetensors", Format.SINGLE_FILE, "Demo LCM-LoRA (random weights)",
-                     kind=Kind.LORA, id="demo-lcm-lora", options={"layout": "diffusers", "lcm": True}),
+            NewModel(
+                folder / "demo-lcm-lora.safetensors",
+                Format.SINGLE_FILE,
+                "Demo LCM-LoRA (random weights)",
+                kind=Kind.LORA,
+                id="demo-lcm-lora",
+                options={"layout": "diffusers", "lcm": True},
+            ),
             lambda path: tiny.build_tiny_lora(base, path, layout="diffusers", seed=2),
         ),
         *(
             (
-                NewModel(folder / f"demo-controlnet-{name}", Format.DIFFUSERS, f"Demo ControlNet {name} (random weights)",
-                         kind=Kind.CONTROLNET, id=f"demo-controlnet-{name}", options={"controlnet": name}),
+                NewModel(
+                    folder / f"demo-controlnet-{name}",
+                    Format.DIFFUSERS,
+                    f"Demo ControlNet {name} (random weights)",
+                    kind=Kind.CONTROLNET,
+                    id=f"demo-controlnet-{name}",
+                    options={"controlnet": name},
+                ),
                 lambda path, seed=seed: tiny.build_tiny_controlnet(base, path, seed=seed),
             )
             for seed, name in enumerate(("canny", "depth", "openpose"), start=3)
         ),
         (
-            NewModel(folder / "demo-depth", Format.DIFFUSERS, "Demo depth annotator (Depth Anything, random weights)",
-                     kind=Kind.ANNOTATOR, id="demo-depth", family="any", options={"annotator": "depth"}),
+            NewModel(
+                folder / "demo-depth",
+                Format.DIFFUSERS,
+                "Demo depth annotator (Depth Anything, random weights)",
+                kind=Kind.ANNOTATOR,
+                id="demo-depth",
+                family="any",
+                options={"annotator": "depth"},
+            ),
             tiny.build_tiny_depth_annotator,
         ),
         (
-            NewModel(folder / "demo-openpose", Format.SINGLE_FILE, "Demo openpose annotator (random weights)",
-                     kind=Kind.ANNOTATOR, id="demo-openpose", family="any", options={"annotator": "openpose"}),
+            NewModel(
+                folder / "demo-openpose",
+                Format.SINGLE_FILE,
+                "Demo openpose annotator (random weights)",
+                kind=Kind.ANNOTATOR,
+                id="demo-openpose",
+                family="any",
+                options={"annotator": "openpose"},
+            ),
             tiny.build_tiny_openpose_annotator,
         ),
     ]
@@ -135,11 +167,11 @@ def install_demo_video_models(settings: Settings, catalog: CatalogService) -> li
     adapter that animates the demo image model. They default to short clips (9 frames, 4 steps) so
     a CPU answers in seconds; on a CPU, DAGUERRE_VIDEO__RESOLUTION_SCALE=0.25 shortens it further.
     """
-    from daguerre.engine.inspection import inspect_model
-    from daguerre.engine.tiny_models import (  # torch only when building
+    from daguerre.demo.tiny_models import (  # torch only when building
         build_tiny_motion_adapter,
         build_tiny_wan,
     )
+    from daguerre.services.probing import inspect_model
 
     demos: list[tuple[str, str, str, Callable[[Path], Path], dict[str, object]]] = [
         ("demo-t2v", "demo-wan-t2v", "Demo Wan 2.1 text-to-video", build_tiny_wan, {}),

@@ -23,9 +23,7 @@ _MERGE_COUNT = 49152 - 256 - 2
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2's reversible byte <-> printable-character table, which CLIP's BPE is defined over.
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = printable[:]
     extra = 0

@@ -13,11 +13,11 @@ from anyio import to_thread
 
 from daguerre.errors import DaguerreError
 from daguerre.services.accounts import AccountService
-from daguerre.services.inferences import InferenceStore, new_inference_id
+from daguerre.services.records import InferenceStore, new_inference_id
 from daguerre.services.storage import Storage
 
 
-class Billing:
+class JobLifecycle:
     def __init__(self, accounts: AccountService, inferences: InferenceStore, storage: Storage) -> None:
         self.accounts = accounts
         self.inferences = inferences

@@ -20,8 +20,7 @@ from diffusers import (
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from daguerre.engine import ldm_layout
-from daguerre.engine.clip_tokenizer import write_clip_tokenizer
+from daguerre.engine.loading.clip_tokenizer import write_clip_tokenizer
 
 
 def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
@@ -95,16 +94,6 @@ def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def export_single_file(pipeline_folder: Path, checkpoint: Path) -> Path:
-    """Save a diffusers SD 1.x folder as one A1111/Civitai-layout .safetensors checkpoint."""
-    pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
-    state = ldm_layout.to_ldm_state_dict(
-        pipe.unet.state_dict(), pipe.vae.state_dict(), pipe.text_encoder.state_dict()
-    )
-    save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
-    return checkpoint
-
-
 def build_tiny_rrdbnet(path: Path, scale: int, seed: int = 0, num_feat: int = 16, num_block: int = 1) -> Path:
     """Write a tiny random RRDBNet (ESRGAN / Real-ESRGAN) in BasicSR's key layout, as Real-ESRGAN's
     releases ship it: `{"params_ema": ...}` in a .pth, or the bare state dict in a .safetensors.
@@ -161,7 +150,9 @@ def build_tiny_lora(pipeline_folder: Path, target: Path, layout: str = "diffuser
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
     torch.manual_seed(seed)
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    pipe.text_encoder.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    )
     # peft starts lora_B at zero (no effect); random both ways so the LoRA visibly changes the image.
     for model in (pipe.unet, pipe.text_encoder):
         _randomize([p for n, p in model.named_parameters() if "lora_" in n], 0.05)
@@ -303,8 +294,16 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
     tokenizer, vocab_size = _tiny_t5_tokenizer()
     text_encoder = UMT5EncoderModel(
         UMT5Config(
-            vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            vocab_size=vocab_size,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
         )
     )
     vae = AutoencoderKLWan(
@@ -331,8 +330,13 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
     if image_to_video:
         image_encoder = CLIPVisionModel(
             CLIPVisionConfig(
-                hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2,
-                image_size=32, intermediate_size=16, patch_size=4,
+                hidden_size=8,
+                projection_dim=8,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                intermediate_size=16,
+                patch_size=4,
             )
         )
         processor = CLIPImageProcessor(crop_size=32, size=32)

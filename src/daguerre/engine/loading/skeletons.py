@@ -11,10 +11,9 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from daguerre.engine.clip_tokenizer import write_clip_tokenizer
+from daguerre.engine.loading.clip_tokenizer import write_clip_tokenizer
 
 FAMILIES = ("sd15",)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
 def family_skeleton(family: str, cache_dir: Path) -> Path:
@@ -24,18 +23,8 @@ def family_skeleton(family: str, cache_dir: Path) -> Path:
     target = cache_dir / "skeletons" / family
     if (target / "tokenizer" / "vocab.json").exists():
         return target
-    shipped = resources.files("daguerre.engine").joinpath("configs", family)
+    shipped = resources.files("daguerre.engine.loading").joinpath("configs", family)
     with resources.as_file(shipped) as source:
         shutil.copytree(source, target, dirs_exist_ok=True)
     write_clip_tokenizer(target / "tokenizer")
-    return target
-
-
-def skeleton_of(pipeline_folder: Path, target: Path) -> Path:
-    """Copy a diffusers folder without its weights: the skeleton of a custom architecture."""
-
-    def ignore(_dir: str, names: list[str]) -> list[str]:
-        return [n for n in names if n.endswith(_WEIGHT_SUFFIXES)]
-
-    shutil.copytree(pipeline_folder, target, ignore=ignore, dirs_exist_ok=True)
     return target

@@ -88,12 +88,14 @@ def controlnet_specs(
         if installed:
             families = ", ".join(sorted({m.family for m in installed}))
             raise InvalidParameter.bad_value(
-                "controlnet", name,
+                "controlnet",
+                name,
                 f"the {name} ControlNet is installed only for the {families} family; model {model.id} is "
                 f"{model.family}",
             )
         raise InvalidParameter.bad_value(
-            "controlnet", name,
+            "controlnet",
+            name,
             f"no {name} ControlNet is installed for the {model.family} family (the operator registers one with "
             f"`daguerre models add PATH --kind controlnet --controlnet {name}`)",
         )
@@ -103,7 +105,8 @@ def controlnet_specs(
     annotators = [m for m in catalog.list(Kind.ANNOTATOR) if m.options.get("annotator") == name]
     if not annotators:
         raise InvalidParameter.bad_value(
-            "controlnet", name,
+            "controlnet",
+            name,
             f"no {name} annotator is installed to make the control map (the operator registers one with "
             "`daguerre models add PATH --kind annotator`); or send a ready-made map with controlnet_preprocess=false",
         )

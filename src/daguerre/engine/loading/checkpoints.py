@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from daguerre.engine.jobs import ModelSpec
-from daguerre.engine.skeletons import family_skeleton
-
-# Belt and braces: nothing may be fetched from a model hub, at run time or at test time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from daguerre.engine.loading.skeletons import family_skeleton
 
 
-def load_text_to_image(spec: ModelSpec, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> StableDiffusionPipeline:
+def load_text_to_image(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, cache_dir: Path
+) -> StableDiffusionPipeline:
     common = {"dtype": dtype, "local_files_only": True}
     if spec.format == "diffusers":
         pipe = StableDiffusionPipeline.from_pretrained(

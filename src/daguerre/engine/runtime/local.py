@@ -20,9 +20,7 @@ from diffusers import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipel
 from PIL import Image
 from spandrel import ImageModelDescriptor
 
-from daguerre.engine.annotators import Annotator, canny, load_annotator
 from daguerre.engine.client import EngineClient
-from daguerre.engine.devices import pick_device, pick_dtype
 from daguerre.engine.jobs import (
     AuxiliarySpec,
     ControlNetJob,
@@ -38,17 +36,19 @@ from daguerre.engine.jobs import (
     VideoJob,
     VideoResult,
 )
-from daguerre.engine.loaders import load_text_to_image
-from daguerre.engine.lora import LoraState, activate_loras, remove_loras
-from daguerre.engine.model_cache import ModelCache
+from daguerre.engine.loading.checkpoints import load_text_to_image
+from daguerre.engine.loading.lora import LoraState, activate_loras, remove_loras
 from daguerre.engine.pipelines import video
+from daguerre.engine.pipelines.annotators import Annotator, canny, load_annotator
 from daguerre.engine.pipelines.controlnet import controlnet_images
 from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.image_to_image import image_to_image
+from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.text_to_image import text_to_image
-from daguerre.engine.schedulers import Schedulers
-from daguerre.engine.upscaling import load_upscaler, upscale
-from daguerre.engine.video_encoding import encode_mp4
+from daguerre.engine.pipelines.upscaling import load_upscaler, upscale
+from daguerre.engine.pipelines.video_encoding import encode_mp4
+from daguerre.engine.runtime.devices import pick_device, pick_dtype
+from daguerre.engine.runtime.model_cache import ModelCache
 from daguerre.errors import GenerationFailed, ServerBusy
 from daguerre.imaging import encode_png
 
@@ -198,7 +198,9 @@ class LocalEngine(EngineClient):
         annotator = job.annotator
         if annotator is None:
             raise ValueError(f"a {job.controlnet.kind} ControlNet job needs an annotator or preprocess=False")
-        annotate: Annotator = self.auxiliaries.get(("annotator", annotator), lambda: load_annotator(annotator, self.device))
+        annotate: Annotator = self.auxiliaries.get(
+            ("annotator", annotator), lambda: load_annotator(annotator, self.device)
+        )
         return annotate(image)
 
     def video_frames(self, job: VideoJob) -> np.ndarray:

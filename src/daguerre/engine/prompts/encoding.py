@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from daguerre.engine.prompt_syntax import Break, Fragment, parse_prompt
+from daguerre.engine.prompts.syntax import Break, Fragment, parse_prompt
 
 CHUNK = 75
 COMMA_BACKTRACK = 20

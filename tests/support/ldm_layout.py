@@ -48,7 +48,11 @@ def _unet_prefixes() -> list[tuple[str, str]]:
 
 
 def _vae_prefixes() -> list[tuple[str, str]]:
-    pairs = [("nin_shortcut", "conv_shortcut"), ("norm_out", "conv_norm_out"), ("mid.attn_1.", "mid_block.attentions.0.")]
+    pairs = [
+        ("nin_shortcut", "conv_shortcut"),
+        ("norm_out", "conv_norm_out"),
+        ("mid.attn_1.", "mid_block.attentions.0."),
+    ]
     for i in range(4):
         for j in range(2):
             pairs.append((f"encoder.down.{i}.block.{j}.", f"encoder.down_blocks.{i}.resnets.{j}."))
@@ -62,7 +66,13 @@ def _vae_prefixes() -> list[tuple[str, str]]:
     return pairs
 
 
-_VAE_ATTENTION = [("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0.")]
+_VAE_ATTENTION = [
+    ("norm.", "group_norm."),
+    ("q.", "to_q."),
+    ("k.", "to_k."),
+    ("v.", "to_v."),
+    ("proj_out.", "to_out.0."),
+]
 
 
 def _rename(key: str, pairs: list[tuple[str, str]]) -> str:

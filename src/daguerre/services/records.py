@@ -75,6 +75,13 @@ class InferenceStore:
             if row is None or row.token_id != token_id:
                 raise NotFound(f"inference {inf_id!r} not found")
             return InferenceRecord(
-                row.id, row.token_id, row.kind, row.status, row.model_id, row.version,
-                dict(row.params), list(row.outputs), row.credit_cost,
+                row.id,
+                row.token_id,
+                row.kind,
+                row.status,
+                row.model_id,
+                row.version,
+                dict(row.params),
+                list(row.outputs),
+                row.credit_cost,
             )

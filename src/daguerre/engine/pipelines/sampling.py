@@ -1,0 +1,49 @@
+"""What every SD task pipeline shares: building on the loaded components, and sampling with the
+job's scheduler, weighted prompts and seeds."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from PIL import Image
+
+from daguerre.engine.jobs import TextToImageJob
+from daguerre.engine.pipelines.schedulers import Schedulers
+from daguerre.engine.prompts.encoding import encode_prompt_pair
+
+P = TypeVar("P", bound=DiffusionPipeline)
+
+
+def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
+    # CPU generators: the same seed gives the same starting noise on any GPU or CPU, and image i
+    # draws only from its own generator, so it can be reproduced alone with seed + i.
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def derive(pipe: StableDiffusionPipeline, cls: type[P], **extra: Any) -> P:
+    """A task pipeline (img2img, ControlNet) on the loaded pipeline's own modules: nothing is
+    reloaded or copied. Not `from_pipe`: it casts every shared module to float32 unless given a
+    dtype, which on a half-precision GPU would convert the cached text-to-image pipeline too."""
+    derived = cls(**pipe.components, **extra, requires_safety_checker=False)
+    derived.set_progress_bar_config(disable=True)
+    return derived
+
+
+def sample(task: DiffusionPipeline, schedulers: Schedulers, job: TextToImageJob, **inputs: Any) -> list[Image.Image]:
+    """Run `task` with the job's scheduler, A1111-weighted prompts, guidance, steps and one
+    generator per image; `inputs` are the task's own (size, init image, strength, control map)."""
+    task.scheduler = schedulers.get(job.scheduler)
+    prompt_embeds, negative_embeds = encode_prompt_pair(
+        job.prompt, job.negative_prompt, task.tokenizer, task.text_encoder, task.device
+    )
+    return task(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        num_images_per_prompt=len(job.seeds),
+        generator=seed_generators(job.seeds),
+        **inputs,
+    ).images
