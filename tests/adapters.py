@@ -19,7 +19,7 @@ from daguerre.demo.tiny_models import (
 )
 from daguerre.services.catalog import Format, Kind, ModelRecord, NewModel
 from daguerre.services.probing import inspect_model
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +93,7 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def infer_with_image(api: Api, image: bytes, **fields: Any) -> dict[str, Any]:
-    from tests.conftest import SMALL
+    from tests.support.api import SMALL
 
     data = {"access_token": api.token, "model_id": "tiny", "prompt": "a cat", **SMALL, **fields}
     response = api.client.post("/api/inference", data=data, files={"init_image_file": ("base.png", image, "image/png")})

@@ -5,26 +5,19 @@ the loaded models stay resident between tests, as they do in a server.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from daguerre.app import create_app
 from daguerre.demo.tiny_models import build_tiny_rrdbnet, build_tiny_sd15
-from daguerre.engine.client import EngineClient
-from daguerre.engine.jobs import EngineStatus, ImagesResult
 from daguerre.engine.runtime.local import LocalEngine
-from daguerre.errors import GenerationFailed
 from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings
+from tests.support.api import Api, RecordingEngine
 from tests.support.single_file import export_single_file, skeleton_of
-
-SMALL = {"width": 128, "height": 128, "steps": 2, "num_images": 1}
 
 
 @pytest.fixture(scope="session")
@@ -57,31 +50,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data")
 
 
-class Api:
-    """A TestClient with the catalog primed and a funded token."""
-
-    def __init__(self, client: TestClient, token: str) -> None:
-        self.client = client
-        self.token = token
-        self.services = client.app.state.services  # type: ignore[attr-defined]
-
-    def post(self, path: str, **fields: Any) -> dict[str, Any]:
-        response = self.client.post(path, data={"access_token": self.token, **fields})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def infer(self, **fields: Any) -> dict[str, Any]:
-        return self.post("/api/inference", **{"model_id": "tiny", "prompt": "a cat", **SMALL, **fields})
-
-    def fetch(self, url: str) -> bytes:
-        response = self.client.get(url)
-        assert response.status_code == 200, url
-        return response.content
-
-    def balance(self) -> float:
-        return self.services.accounts.authenticate(self.token).balance
-
-
 @pytest.fixture
 def api(settings: Settings, engine: LocalEngine, tiny_sd15: Path) -> Iterator[Api]:
     with TestClient(create_app(settings, engine=engine), base_url="http://testserver") as client:
@@ -89,33 +57,6 @@ def api(settings: Settings, engine: LocalEngine, tiny_sd15: Path) -> Iterator[Ap
         services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
         token, _ = services.accounts.create_token(name="test", credits=100)
         yield Api(client, token)
-
-
-class RecordingEngine(EngineClient):
-    """Records the jobs it is given and answers with 1x1 PNGs: for tests of what the HTTP and
-    service layers send to the engine (defaults, model settings) at sizes too slow to render on a
-    CPU. Generation itself is tested against the real engine."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.jobs: list[Any] = []
-        self.fail = fail
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def status(self) -> EngineStatus:
-        return EngineStatus(device="none", dtype="none", queued=0, loaded_models=())
-
-    async def submit(self, job: Any) -> ImagesResult:
-        self.jobs.append(job)
-        if self.fail:
-            raise GenerationFailed("generation failed: the engine broke on purpose")
-        buffer = io.BytesIO()
-        Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-        return ImagesResult(tuple(buffer.getvalue() for _ in job.seeds))
 
 
 @pytest.fixture

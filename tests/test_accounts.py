@@ -16,7 +16,7 @@ from daguerre.services.catalog import Format, NewModel
 from daguerre.services.container import open_database
 from daguerre.services.pricing import image_cost
 from daguerre.settings import Pricing, Settings
-from tests.conftest import Api, RecordingEngine
+from tests.support.api import Api, RecordingEngine
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.adapters import (  # noqa: F401  (fixtures)
     png,
     register,
 )
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from PIL import Image
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.protocol.inference import SCHEDULERS
 from daguerre.services.catalog import Format, NewModel
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def pixels(data: bytes) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 
 from daguerre.services.uploads import prepare_image
 from tests.adapters import decode, infer_with_image, photo, png
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def test_strength_zero_returns_the_prepared_base_image(api: Api) -> None:

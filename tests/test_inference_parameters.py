@@ -9,7 +9,7 @@ import pytest
 from daguerre.protocol.fields import parse
 from daguerre.protocol.inference import SCHEDULERS, InferenceRequest
 from daguerre.settings import DEFAULT_NEGATIVE_PROMPT
-from tests.conftest import Api, RecordingEngine
+from tests.support.api import Api, RecordingEngine
 
 REQUIRED = {"model_id": "tiny", "prompt": "a lighthouse"}
 

@@ -8,7 +8,7 @@ from daguerre.services.accounts import to_milli
 from daguerre.services.pricing import image_cost
 from daguerre.settings import Pricing
 from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def test_lcm_halves_the_cost() -> None:

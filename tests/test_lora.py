@@ -7,7 +7,7 @@ from pathlib import Path
 
 from daguerre.engine.runtime.local import LocalEngine
 from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def image(api: Api, **fields: object) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.conftest import Api
+from tests.support.api import Api
 from tests.test_video import settings, vapi, video  # noqa: F401  (fixtures)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def test_models_entries_have_the_fields_hosted_clients_validate(recorded_api: Api, tiny_sd15: Path) -> None:

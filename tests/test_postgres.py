@@ -24,7 +24,7 @@ from daguerre.services.accounts import to_milli
 from daguerre.services.catalog import Format, NewModel
 from daguerre.services.container import open_database
 from daguerre.settings import Settings
-from tests.conftest import RecordingEngine
+from tests.support.api import RecordingEngine
 
 
 def _as_postgres_user() -> list[str]:

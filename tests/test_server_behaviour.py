@@ -13,7 +13,7 @@ from daguerre.engine.jobs import TextToImageJob
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.errors import ServerBusy
 from daguerre.services.inference import model_spec
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def test_a_full_queue_answers_busy_at_once(api: Api, engine: LocalEngine) -> None:

@@ -1,4 +1,4 @@
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def test_text_to_image_returns_fetchable_pngs(api: Api) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from daguerre.errors import InvalidParameter
 from daguerre.services.uploads import prepare_image
 from tests.adapters import decode, infer_with_image, photo, png
-from tests.conftest import Api
+from tests.support.api import Api
 
 LIMIT = 40_000_000
 

@@ -16,7 +16,7 @@ from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Format, Kind, NewModel
 from daguerre.services.probing import inspect_model
 from daguerre.settings import Settings
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 def add_upscaler(api: Api, path: Path, model_id: str) -> None:

@@ -17,7 +17,7 @@ from daguerre.services.container import open_database
 from daguerre.services.probing import UnsupportedModel, inspect_model
 from daguerre.services.upscale import pick_upscaler
 from daguerre.settings import Settings, Upscaling
-from tests.conftest import Api
+from tests.support.api import Api
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import pytest
 
 from daguerre.demo.tiny_models import build_tiny_sd15
 from daguerre.services.catalog import Format, NewModel
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from daguerre.services.pricing import video_cost
 from daguerre.services.probing import UnsupportedModel, inspect_model
 from daguerre.services.video import frame_size
 from daguerre.settings import Pricing, RemoteImageSettings, Settings, VideoSettings
-from tests.conftest import Api
+from tests.support.api import Api
 
 FAST = {"num_frames": 5, "steps": 1, "scale": 1}  # scale 1: no classifier-free guidance, half the work
 
