@@ -67,7 +67,7 @@ def test_esrgan_defaults_to_2x_with_the_x2_model(up: Api) -> None:
     assert body["credit_cost"] == round(max(0.05, 0.5 * 256 * 256 / 1024**2), 2)
     assert up.balance() == pytest.approx(before - body["credit_cost"])
     upscaled = record(up, body["inf_id"])
-    assert upscaled.kind == "upscale" and upscaled.model_id == "x2" and upscaled.params["type"] == "esrgan"
+    assert upscaled.kind == "upscale" and upscaled.model_id == "x2" and upscaled.params["request"]["type"] == "esrgan"
     assert body["output"].endswith(upscaled.outputs[0])
     # The same request as JSON gives the same image: the model is deterministic.
     response = up.client.post(
@@ -227,7 +227,7 @@ def test_hires_fix_renders_with_the_images_own_seed(up: Api) -> None:
     for index in (0, 1):
         body = upscale(up, pair, index=index, type="hires_fix", strength="0")
         assert body["error_code"] == 0, body
-        assert record(up, body["inf_id"]).params["seed"] == pair["seeds"][index]
+        assert record(up, body["inf_id"]).resolved["seed"] == pair["seeds"][index]
 
 
 def test_hires_fix_at_strength_zero_is_the_esrgan_2x_upscale(up: Api) -> None:
@@ -246,4 +246,4 @@ def test_hires_fix_without_an_upscaler_resamples_with_lanczos(api: Api) -> None:
     original = Image.open(io.BytesIO(api.fetch(source["images"][0])))
     expected = np.asarray(original.convert("RGB").resize((256, 256), Image.Resampling.LANCZOS))
     assert np.array_equal(pixels(api.fetch(body["output"])), expected)
-    assert record(api, body["inf_id"]).params["upscaler"] is None
+    assert record(api, body["inf_id"]).resolved["upscaler"] is None

@@ -112,7 +112,7 @@ def test_text_to_video_is_browser_playable_h264(vapi: Api) -> None:
     assert vapi.balance() == pytest.approx(before - body["credit_cost"])
     record = vapi.services.video.inferences.get(body["inf_id"], vapi.services.accounts.authenticate(vapi.token).id)
     assert (record.kind, record.status, record.model_id) == ("video", "done", "wan")
-    assert record.params["negative_prompt"] == "blurry" and record.params["guidance_scale"] == 3
+    assert record.request["negative_prompt"] == "blurry" and record.resolved["scale"] == 3
 
 
 def test_the_same_seed_reproduces_the_clip(vapi: Api) -> None:
@@ -177,7 +177,7 @@ def test_animatediff_animates_an_image_model(vapi: Api) -> None:
     assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
     assert (info["frames"], info["fps"], info["size"]) == (3, 8, (96, 64))
     record = vapi.services.video.inferences.get(body["inf_id"], vapi.services.accounts.authenticate(vapi.token).id)
-    assert record.params["motion_adapter"] == {"id": "motion", "version": "1"}
+    assert record.resolved["motion_adapter"] == {"id": "motion", "version": "1"}
 
 
 # Defaults, recorded from the job the engine receives
