@@ -10,7 +10,6 @@ from types import ModuleType
 import pytest
 from alembic import command
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 
 from daguerre.app import create_app
 from daguerre.db.database import alembic_config, make_engine, migrate, session_factory
@@ -182,31 +181,12 @@ def test_the_migration_converts_every_kind() -> None:
 def _migrate_old_rows(url: str, count: int) -> list[dict[str, object]]:
     """Rows written the old way at revision 0001, as they read after upgrading to head."""
     command.upgrade(alembic_config(url), "0001")
-    command.upgrade(alembic_config(url), "0001")
     database = make_engine(url)
-    with database.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO tokens (id, name, token_hash, prefix, balance, created_at) "
-                "VALUES (1, '', 'h', 'p', 0, '2026-01-01')"
-            )
-        )
-        for index in range(count):
-            connection.execute(
-                Inference.__table__.insert().values(
-                    id=f"id{index:05d}",
-                    token_id=1,
-                    kind="image",
-                    status="done",
-                    model_id="tiny",
-                    version="1",
-                    params=OLD_IMAGE_PARAMS,
-                    outputs=[],
-                    credit_cost=0,
-                    error="",
-                    created_at="2026-01-01",
-                )
-            )
+    sessions = session_factory(database)
+    _, info = AccountService(sessions).create_token()
+    row = {"token_id": info.id, "kind": "image", "status": "done", "model_id": "tiny", "version": "1"}
+    with sessions.begin() as session:
+        session.add_all(Inference(id=f"id{i:05d}", **row, params=OLD_IMAGE_PARAMS) for i in range(count))
     migrate(url)
     with database.connect() as connection:
         documents = [row.params for row in connection.execute(Inference.__table__.select())]
