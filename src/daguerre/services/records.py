@@ -24,9 +24,9 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, Update, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.tables import Inference
@@ -49,6 +49,10 @@ def params_document(request: dict[str, Any], resolved: dict[str, Any]) -> dict[s
     """The params of a new record; `request` is the protocol request's JSON dump."""
     kept = {k: v for k, v in request.items() if k != "access_token"}
     return {"schema": PARAMS_SCHEMA, "request": kept, "resolved": resolved}
+
+
+def _rows_updated(session: Session, statement: Update) -> int:
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,8 @@ class InferenceStore:
 
     def finish(self, inf_id: str, outputs: list[str]) -> None:
         with self._sessions.begin() as session:
-            result = session.execute(
-                update(Inference)
-                .where(Inference.id == inf_id, Inference.status == RUNNING)
-                .values(status="done", outputs=outputs)
-            )
-            if result.rowcount != 1:
+            statement = update(Inference).where(Inference.id == inf_id, Inference.status == RUNNING)
+            if _rows_updated(session, statement.values(status="done", outputs=outputs)) != 1:
                 # Only when something else already failed and refunded it (a shutdown's deadline).
                 raise DaguerreError(f"inference {inf_id} was stopped before it could be delivered")
 
@@ -133,12 +133,8 @@ class InferenceStore:
         if row is None:
             return False
         # Conditional on the status, so of two processes (or two restarts) only one refunds.
-        result = session.execute(
-            update(Inference)
-            .where(Inference.id == inf_id, Inference.status == RUNNING)
-            .values(status="failed", error=error, credit_cost=0)
-        )
-        if result.rowcount != 1:
+        statement = update(Inference).where(Inference.id == inf_id, Inference.status == RUNNING)
+        if _rows_updated(session, statement.values(status="failed", error=error, credit_cost=0)) != 1:
             return False
         credit_back(session, row.token_id, row.credit_cost, inf_id, note=error)
         return True
