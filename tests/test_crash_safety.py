@@ -67,12 +67,11 @@ class Server:
     def output(self) -> str:
         return self.process.stdout.read() if self.process.stdout else ""
 
-    def post_in_background(self, token: str, answers: list[dict[str, Any]]) -> threading.Thread:
+    def post_in_background(self, token: str, answers: list[dict[str, Any]], **fields: Any) -> threading.Thread:
         def post() -> None:
+            body = {"access_token": token, **LONG, **fields}
             try:
-                answers.append(
-                    httpx.post(f"{self.url}/api/inference", data={"access_token": token, **LONG}, timeout=60).json()
-                )
+                answers.append(httpx.post(f"{self.url}/api/inference", data=body, timeout=60).json())
             except httpx.TransportError as exc:
                 answers.append({"transport_error": str(exc)})
 
@@ -157,3 +156,21 @@ def test_sigterm_fails_queued_work_at_once_and_the_running_job_after_the_grace(
         "refund",
         "refund",
     ]
+
+
+def test_sigterm_lets_the_running_job_finish_within_the_grace(data: tuple[Settings, Database, str, int]) -> None:
+    settings, database, token, token_id = data
+    server = Server(settings, DAGUERRE_SHUTDOWN_GRACE_S="60")
+    answers: list[dict[str, Any]] = []
+    client = server.post_in_background(token, answers, steps=6)  # a few seconds on a CPU
+    server.wait_for_queue(1)
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        pytest.fail(f"the server did not exit after its last job:\n{server.output()}")
+    client.join(timeout=30)
+    assert answers[0].get("error_code") == 0, answers
+    assert statuses(database) == [("done", "")]
+    assert database.accounts.balance(token_id) == CREDITS - answers[0]["credit_cost"]
