@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daguerre.engine.runtime.local import LocalEngine
-from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.support.api import Api
+from tests.support.api import Api, register
 
 
 def image(api: Api, **fields: object) -> bytes:
