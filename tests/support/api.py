@@ -14,6 +14,7 @@ from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import EngineStatus, ImagesResult
 from daguerre.errors import GenerationFailed
 from daguerre.services.catalog import Format, Kind, ModelRecord, NewModel
+from daguerre.services.container import Services
 from daguerre.services.probing import inspect_model
 
 SMALL = {"width": 128, "height": 128, "steps": 2, "num_images": 1}
@@ -26,7 +27,7 @@ class Api:
         self.client = client
         self.token = token
         self.model_id = model_id
-        self.services = client.app.state.services  # type: ignore[attr-defined]
+        self.services: Services = client.app.state.services  # type: ignore[attr-defined]
 
     def for_model(self, model_id: str) -> Api:
         """The same client and token, rendering another model by default."""
@@ -35,7 +36,8 @@ class Api:
     def post(self, path: str, **fields: Any) -> dict[str, Any]:
         response = self.client.post(path, data={"access_token": self.token, **fields})
         assert response.status_code == 200, response.text
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
 
     def infer(self, **fields: Any) -> dict[str, Any]:
         return self.post("/api/inference", **{"model_id": self.model_id, "prompt": "a cat", **SMALL, **fields})
@@ -46,7 +48,8 @@ class Api:
         files = {"init_image_file": ("base.png", image, "image/png")}
         response = self.client.post("/api/inference", data=data, files=files)
         assert response.status_code == 200, response.text
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
 
     def images(self, body: dict[str, Any]) -> list[bytes]:
         """The images of a successful inference answer, fetched."""

@@ -20,7 +20,7 @@ def video(api: Api, **fields: Any) -> dict[str, Any]:
 
 def probe(data: bytes) -> dict[str, Any]:
     """Decode the whole MP4 with FFmpeg's own decoder (PyAV)."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         return {
