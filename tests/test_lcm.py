@@ -7,8 +7,7 @@ from pathlib import Path
 from daguerre.services.accounts import to_milli
 from daguerre.services.pricing import image_cost
 from daguerre.settings import Pricing
-from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.support.api import Api
+from tests.support.api import Api, register
 
 
 def test_lcm_halves_the_cost() -> None:
