@@ -6,6 +6,10 @@ they do in a server. Helpers that are not fixtures live in tests/support/.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +33,7 @@ from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings, VideoSettings
 from tests.support.api import Api, RecordingEngine, register
+from tests.support.servers import free_port
 from tests.support.single_file import export_single_file, skeleton_of
 
 
@@ -157,3 +162,34 @@ def vapi(
         register(api, "video", tiny_video_models["i2v"], "wani2v")
         register(api, "video", tiny_video_models["motion_adapter"], "motion")
         yield api
+
+
+def _as_postgres_user() -> list[str]:
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+# Per module: each module that uses it starts from an empty cluster.
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL server binaries are not installed")
+    # Not under pytest's temp root: that is private to this user, and the server runs as postgres.
+    folder = Path(tempfile.mkdtemp(prefix="daguerre-pg-"))
+    folder.chmod(0o777)
+    data = folder / "data"
+    port = free_port()
+    run_as = _as_postgres_user()
+    subprocess.run(
+        [*run_as, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        [*run_as, "pg_ctl", "-D", str(data), "-o", options, "-w", "-l", str(folder / "log"), "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

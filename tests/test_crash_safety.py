@@ -26,7 +26,7 @@ from daguerre.services.catalog import Format, NewModel
 from daguerre.services.container import Database, open_database
 from daguerre.services.records import INTERRUPTED
 from daguerre.settings import Settings
-from tests.test_live_server import free_port
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -1,20 +1,13 @@
 """The same services on PostgreSQL: a Postgres URL works unchanged.
 
-Runs against a throwaway cluster when the PostgreSQL server binaries are installed (Debian's
-postgresql package); skipped otherwise.
+Runs against a throwaway cluster (conftest's `postgres_url`) when the PostgreSQL server binaries
+are installed (Debian's postgresql package); skipped otherwise.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from daguerre.app import create_app
@@ -23,38 +16,6 @@ from daguerre.services.container import open_database
 from daguerre.settings import Settings
 from tests.support.accounts import charge_concurrently
 from tests.support.api import RecordingEngine
-
-
-def _as_postgres_user() -> list[str]:
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
-        pytest.skip("PostgreSQL server binaries are not installed")
-    # Not under pytest's temp root: that is private to this user, and the server runs as postgres.
-    folder = Path(tempfile.mkdtemp(prefix="daguerre-pg-"))
-    folder.chmod(0o777)
-    data = folder / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run_as = _as_postgres_user()
-    subprocess.run(
-        [*run_as, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
-    )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    subprocess.run(
-        [*run_as, "pg_ctl", "-D", str(data), "-o", options, "-w", "-l", str(folder / "log"), "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*run_as, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_concurrent_charges_on_postgres(tmp_path: Path, postgres_url: str) -> None:

@@ -22,7 +22,6 @@ from daguerre.services.records import INTERRUPTED, InferenceStore, new_inference
 from daguerre.services.storage import Storage
 from daguerre.settings import Settings
 from tests.support.api import Api
-from tests.test_postgres import postgres_url  # noqa: F401  (the throwaway Postgres cluster fixture)
 
 MIGRATION = Path(__file__).parent.parent / "src/daguerre/db/migrations/versions/0002_versioned_params.py"
 
@@ -199,7 +198,7 @@ def test_the_migration_runs_in_batches(tmp_path: Path) -> None:
     assert len(documents) == 1203 and all(d["schema"] == 2 for d in documents)
 
 
-def test_the_migration_runs_on_postgres(postgres_url: str) -> None:  # noqa: F811
+def test_the_migration_runs_on_postgres(postgres_url: str) -> None:
     documents = _migrate_old_rows(postgres_url, 3)
     assert [d["resolved"]["seeds"] for d in documents] == [[41, 42]] * 3
 
