@@ -11,15 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from daguerre.engine.diffusers_classes import (
+    AutoencoderKL,
+    AutoencoderKLWan,
+    ControlNetModel,
+    MotionAdapter,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanTransformer3DModel,
+)
 from daguerre.engine.loading.clip_tokenizer import write_clip_tokenizer
 
 
@@ -181,8 +188,6 @@ def build_tiny_lora(pipeline_folder: Path, target: Path, layout: str = "diffuser
 def build_tiny_controlnet(pipeline_folder: Path, target: Path, seed: int = 0) -> Path:
     """A ControlNet made from the tiny UNet, as ControlNet training starts; its zero convolutions
     get random weights so that the control map visibly steers the image."""
-    from diffusers import ControlNetModel
-
     unet = UNet2DConditionModel.from_pretrained(pipeline_folder, subfolder="unet", local_files_only=True)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
     torch.manual_seed(seed)
@@ -275,13 +280,6 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
     encoder); same seed, same bytes. rope_max_seq_len stays at the real 1024: smaller values break
     above 512 px.
     """
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanImageToVideoPipeline,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -351,8 +349,6 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
 
 def build_tiny_motion_adapter(folder: Path, seed: int = 0) -> Path:
     """Write a tiny random AnimateDiff MotionAdapter that fits the tiny SD 1.5 UNet's widths."""
-    from diffusers import MotionAdapter
-
     torch.manual_seed(seed)
     adapter = MotionAdapter(
         block_out_channels=(16, 32, 64, 64),  # build_tiny_sd15's UNet widths: the modules sit in its blocks

@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.jobs import LoraSpec
 
 _COMPONENTS = ["unet", "text_encoder"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import io
 
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 from spandrel import ImageModelDescriptor
 
+from daguerre.engine.diffusers_classes import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from daguerre.engine.jobs import HiresFixJob
 from daguerre.engine.pipelines.sampling import derive, sample
 from daguerre.engine.pipelines.schedulers import Schedulers

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 
+from daguerre.engine.diffusers_classes import DiffusionPipeline, StableDiffusionPipeline
 from daguerre.engine.jobs import TextToImageJob
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.prompts.encoding import encode_prompt_pair

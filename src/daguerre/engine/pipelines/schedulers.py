@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import (
+from daguerre.engine.diffusers_classes import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -25,9 +25,8 @@ from diffusers import (
     LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    SchedulerMixin,
 )
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-
 from daguerre.engine.jobs import LCM_SCHEDULER
 
 _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
+from PIL import Image
+from transformers import CLIPVisionModel
+
+from daguerre.engine.diffusers_classes import (
     AnimateDiffPipeline,
     AutoencoderKLWan,
     DDIMScheduler,
     DiffusionPipeline,
     MotionAdapter,
 )
-from PIL import Image
-from transformers import CLIPVisionModel
-
 from daguerre.engine.jobs import ModelSpec, VideoJob
 from daguerre.engine.pipelines.sampling import seed_generators
 from daguerre.engine.prompts.encoding import encode_prompt_pair

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from diffusers import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from PIL import Image
 from spandrel import ImageModelDescriptor
 
 from daguerre.engine.client import EngineClient
+from daguerre.engine.diffusers_classes import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from daguerre.engine.jobs import (
     AuxiliarySpec,
     ControlNetJob,
