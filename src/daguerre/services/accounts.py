@@ -13,8 +13,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.tables import LedgerEntry, Token
@@ -104,8 +105,14 @@ class AccountService:
     def charge(self, token_id: int, cost: int, reference: str) -> None:
         """Debit `cost` millicredits or raise InsufficientCredits; never goes below zero."""
         with self._sessions.begin() as session:
-            result = session.execute(
-                update(Token).where(Token.id == token_id, Token.balance >= cost).values(balance=Token.balance - cost)
+            # An UPDATE's result is a CursorResult (it has rowcount); Session.execute is typed for any statement.
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(Token)
+                    .where(Token.id == token_id, Token.balance >= cost)
+                    .values(balance=Token.balance - cost)
+                ),
             )
             if result.rowcount != 1:
                 balance = session.scalar(select(Token.balance).where(Token.id == token_id)) or 0
@@ -131,7 +138,10 @@ class AccountService:
 
     @staticmethod
     def _grant(session: Session, token_id: int, milli: int, note: str) -> None:
-        result = session.execute(update(Token).where(Token.id == token_id).values(balance=Token.balance + milli))
+        result = cast(
+            CursorResult[Any],
+            session.execute(update(Token).where(Token.id == token_id).values(balance=Token.balance + milli)),
+        )
         if result.rowcount != 1:
             raise NotFound(f"no token with id {token_id}")
         session.add(LedgerEntry(token_id=token_id, kind="grant", delta=milli, note=note))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import asdict
+from typing import TypedDict
 
 from anyio import to_thread
 
@@ -15,6 +16,7 @@ from daguerre.engine.jobs import (
     LCM_SCHEDULER,
     ControlNetJob,
     ImageToImageJob,
+    LoraSpec,
     ModelSpec,
     TextToImageJob,
 )
@@ -37,6 +39,22 @@ from daguerre.services.uploads import prepare_image
 # model's default scale is for ordinary sampling, so it does not apply).
 LCM_STEPS = 6
 LCM_SCALE = 1.5
+
+
+class _ImageJobFields(TypedDict):
+    """The fields every image job shares (TextToImageJob's); mypy checks them when they are
+    unpacked into TextToImageJob or one of its subclasses."""
+
+    model: ModelSpec
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    seeds: tuple[int, ...]
+    loras: tuple[LoraSpec, ...]
 
 
 def model_spec(model: ModelRecord, version: Version) -> ModelSpec:
@@ -117,7 +135,7 @@ class InferenceService(ServingModule):
         negative = request.negative_prompt
         if request.use_default_neg:
             negative = join_negative(negative, model.default_negative_prompt or self.settings.default_negative_prompt)
-        common = dict(
+        common = _ImageJobFields(
             model=model_spec(model, version),
             prompt=prompt,
             negative_prompt=negative,
@@ -130,7 +148,7 @@ class InferenceService(ServingModule):
             loras=loras,
         )
         if init_image is None:
-            return TextToImageJob(**common)  # type: ignore[arg-type]
+            return TextToImageJob(**common)
         prepared = prepare_image(
             init_image,
             request.width,
@@ -141,10 +159,10 @@ class InferenceService(ServingModule):
         if control is not None:
             controlnet, annotator = control
             return ControlNetJob(
-                **common,  # type: ignore[arg-type]
+                **common,
                 control_image=prepared,
                 controlnet=controlnet,
                 annotator=annotator,
                 preprocess=request.controlnet_preprocess,
             )
-        return ImageToImageJob(**common, init_image=prepared, strength=request.image_strength)  # type: ignore[arg-type]
+        return ImageToImageJob(**common, init_image=prepared, strength=request.image_strength)

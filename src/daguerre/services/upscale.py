@@ -17,7 +17,6 @@ from PIL import Image
 
 from daguerre.engine.jobs import (
     HiresFixJob,
-    Job,
     LoraSpec,
     ModelSpec,
     TextToImageJob,
@@ -64,7 +63,7 @@ def stored_render(params: dict[str, Any], model: ModelSpec) -> TextToImageJob:
 
 @dataclass(frozen=True)
 class _Plan:
-    job: Job
+    job: UpscaleJob | HiresFixJob
     cost: int
     model_id: str
     version: str

@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from PIL import Image
@@ -123,6 +124,10 @@ class LocalEngine(EngineClient):
             loaded_models=tuple(f"{k.id}@{k.version}" for k in self.cache.keys()),  # type: ignore[attr-defined]
         )
 
+    @overload
+    async def submit(self, job: VideoJob) -> VideoResult: ...
+    @overload
+    async def submit(self, job: TextToImageJob | UpscaleJob | HiresFixJob) -> ImagesResult: ...
     async def submit(self, job: Job) -> Result:
         if self._executor is None:
             raise RuntimeError("engine not started")
