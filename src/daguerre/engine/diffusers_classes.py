@@ -6,6 +6,7 @@ TYPE_CHECKING branch imports the placeholder classes meant for a missing torch f
 the defining modules gives mypy the real classes; the objects are the same at run time.
 """
 
+from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 from diffusers.models.controlnets.controlnet import ControlNetModel
@@ -33,6 +34,7 @@ __all__ = [
     "AnimateDiffPipeline",
     "AutoencoderKL",
     "AutoencoderKLWan",
+    "ConfigMixin",
     "ControlNetModel",
     "DDIMScheduler",
     "DPMSolverMultistepScheduler",
