@@ -41,7 +41,7 @@ def test_tokens_are_stored_hashed(settings: Settings, accounts: AccountService) 
 def test_charges_never_overdraw_and_say_what_was_needed(accounts: AccountService) -> None:
     _, info = accounts.create_token(credits=1)
     accounts.charge(info.id, to_milli(0.6), "a")
-    with pytest.raises(InsufficientCredits, match="needs 0.6, the balance is 0.4"):
+    with pytest.raises(InsufficientCredits, match=r"needs 0\.6, the balance is 0\.4"):
         accounts.charge(info.id, to_milli(0.6), "b")
     assert accounts.balance(info.id) == pytest.approx(0.4)
 

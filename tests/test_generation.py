@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,8 +100,7 @@ def test_single_file_checkpoint_renders_like_its_diffusers_folder(api: Api, tiny
     assert folder == single
 
 
-def test_versions_latest_by_default_and_selectable(api: Api, tiny_sd15, tiny_single_file) -> None:
-    checkpoint, skeleton = tiny_single_file
+def test_versions_latest_by_default_and_selectable(api: Api, tiny_sd15: Path) -> None:
     from daguerre.demo.tiny_models import build_tiny_sd15
 
     other_weights = build_tiny_sd15(tiny_sd15.parent / "tiny-v2", seed=1)
