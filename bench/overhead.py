@@ -34,7 +34,8 @@ SIZE, STEPS, SCALE = 128, 10, 7.5
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def main() -> None:
