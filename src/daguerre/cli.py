@@ -37,7 +37,6 @@ def _settings(data_dir: Path | None) -> Settings:
 
 
 def _database(settings: Settings) -> Database:
-    # Imported here: the services pull in SQLAlchemy and Alembic, which --help does not need.
     from daguerre.services.container import open_database
 
     return open_database(settings)
