@@ -23,6 +23,7 @@ from daguerre.app import create_app
 from daguerre.demo.install import DEMO_MODEL_ID, install_demo_model
 from daguerre.demo.tiny_models import build_tiny_lora
 from daguerre.services.catalog import Format, Kind, NewModel
+from daguerre.services.container import Services
 from daguerre.settings import Settings
 
 
@@ -32,8 +33,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), device="cpu")
-        with TestClient(create_app(settings)) as client:
-            services = client.app.state.services  # type: ignore[attr-defined]
+        app = create_app(settings)
+        with TestClient(app) as client:
+            services: Services = app.state.services
             base = Path(install_demo_model(settings, services.catalog).latest.path)
             for seed, lora_id in enumerate(("lora-one", "lora-two"), start=1):
                 path = build_tiny_lora(base, Path(tmp) / f"{lora_id}.safetensors", "kohya", seed=seed)

@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import torch
 import uvicorn
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from daguerre.app import create_app
 from daguerre.demo.install import DEMO_MODEL_ID, install_demo_model
+from daguerre.engine.diffusers_classes import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from daguerre.services.container import open_database
 from daguerre.settings import Settings
 
@@ -34,7 +34,8 @@ SIZE, STEPS, SCALE = 128, 10, 7.5
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def main() -> None:

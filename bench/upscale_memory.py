@@ -71,7 +71,8 @@ def run_case(model_path: Path, side: int, args: argparse.Namespace) -> dict[str,
         str(args.overlap),
     ]
     output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    measured: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return measured
 
 
 def main() -> None:

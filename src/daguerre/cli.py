@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -11,6 +11,9 @@ from rich.table import Table
 
 from daguerre.errors import DaguerreError
 from daguerre.settings import Settings
+
+if TYPE_CHECKING:
+    from daguerre.services.container import Database
 
 app = typer.Typer(help="daguerre: a self-hosted server that speaks the SinkIn API.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Access tokens.", no_args_is_help=True)
@@ -33,13 +36,13 @@ def _settings(data_dir: Path | None) -> Settings:
     return Settings(data_dir=data_dir) if data_dir is not None else Settings()
 
 
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
+def _database(settings: Settings) -> Database:
     from daguerre.services.container import open_database
 
     return open_database(settings)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     err.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(1)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from anyio import to_thread
 from fastapi import Request
@@ -12,7 +12,7 @@ from daguerre.services.container import Services
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services
+    return cast(Services, request.app.state.services)  # set by app.py's lifespan; State is untyped
 
 
 async def authenticate(request: Request, fields: dict[str, Any]) -> TokenInfo:

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import overload
 
-from daguerre.engine.jobs import EngineStatus, Job, Result
+from daguerre.engine.jobs import (
+    EngineStatus,
+    HiresFixJob,
+    ImagesResult,
+    Job,
+    Result,
+    TextToImageJob,
+    UpscaleJob,
+    VideoJob,
+    VideoResult,
+)
 
 
 class EngineClient(ABC):
@@ -12,12 +23,17 @@ class EngineClient(ABC):
     Ray Serve deployment can implement the same methods across GPU machines.
 
     `submit` raises daguerre.errors.ServerBusy when the queue is full and GenerationFailed when the
-    work fails; nothing else escapes.
+    work fails; nothing else escapes. A video job gives a VideoResult, every other job an
+    ImagesResult; the overloads tell callers which, so none has to narrow the result.
     """
 
     @abstractmethod
     async def start(self) -> None: ...
 
+    @overload
+    async def submit(self, job: VideoJob) -> VideoResult: ...
+    @overload
+    async def submit(self, job: TextToImageJob | UpscaleJob | HiresFixJob) -> ImagesResult: ...
     @abstractmethod
     async def submit(self, job: Job) -> Result: ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, ValidationError
@@ -45,8 +45,16 @@ Bool = Annotated[bool, BeforeValidator(_boolean)]
 Text = Annotated[str, BeforeValidator(_text)]
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+M = TypeVar("M", bound=BaseModel)
+
+_NOUNS: dict[object, str] = {int: "an integer", float: "a number"}
+
+
+def _number(value: object) -> str:
+    # A bound is whatever the Field was given: an int, a float, or in principle any comparable.
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(value)
 
 
 def allowed_values(model: type[BaseModel], name: str) -> str:
@@ -67,7 +75,7 @@ def allowed_values(model: type[BaseModel], name: str) -> str:
             multiple = meta.multiple_of
     if annotation is bool:
         return 'must be "true" or "false"'
-    noun = {int: "an integer", float: "a number"}.get(annotation, "a string")  # type: ignore[call-overload]
+    noun = _NOUNS.get(annotation, "a string")
     if multiple is not None:
         noun = f"a multiple of {multiple}"
     if low is not None and high is not None:
@@ -79,7 +87,7 @@ def allowed_values(model: type[BaseModel], name: str) -> str:
     return f"must be {noun}"
 
 
-def parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
+def parse(model: type[M], data: dict[str, Any]) -> M:
     """Validate `data` into `model`, turning the first problem into an InvalidParameter."""
     try:
         return model.model_validate(data)

@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from daguerre.db.database import rows_updated
 from daguerre.db.tables import LedgerEntry, Token
 from daguerre.errors import InsufficientCredits, NotFound, Unauthorized
 
@@ -121,8 +122,7 @@ class AccountService:
 
     @staticmethod
     def _grant(session: Session, token_id: int, milli: int, note: str) -> None:
-        result = session.execute(update(Token).where(Token.id == token_id).values(balance=Token.balance + milli))
-        if result.rowcount != 1:
+        if rows_updated(session, update(Token).where(Token.id == token_id).values(balance=Token.balance + milli)) != 1:
             raise NotFound(f"no token with id {token_id}")
         session.add(LedgerEntry(token_id=token_id, kind="grant", delta=milli, note=note))
 
@@ -134,10 +134,8 @@ class AccountService:
 # Session-level, so that a charge or refund can share one transaction with the inference record it
 # pays for (services/records.py): a crash then leaves both or neither.
 def debit(session: Session, token_id: int, cost: int, reference: str) -> None:
-    result = session.execute(
-        update(Token).where(Token.id == token_id, Token.balance >= cost).values(balance=Token.balance - cost)
-    )
-    if result.rowcount != 1:
+    charged = update(Token).where(Token.id == token_id, Token.balance >= cost).values(balance=Token.balance - cost)
+    if rows_updated(session, charged) != 1:
         balance = session.scalar(select(Token.balance).where(Token.id == token_id)) or 0
         raise InsufficientCredits(
             f"not enough credits: this request needs {from_milli(cost):g}, the balance is {from_milli(balance):g}"

@@ -37,8 +37,9 @@ def requested_loras(request: InferenceRequest) -> tuple[str, dict[str, float]]:
     if len(set(ids)) != len(ids):
         raise InvalidParameter.bad_value("lora", request.lora, "each LoRA id may appear once")
     texts = [part.strip() for part in request.lora_scale.split(",")]
-    scales = [_weight(text) for text in texts]
-    if any(scale is None for scale in scales) or len(scales) not in (1, len(ids) or 1):
+    parsed = [_weight(text) for text in texts]
+    scales = [scale for scale in parsed if scale is not None]
+    if len(scales) != len(parsed) or len(scales) not in (1, len(ids) or 1):
         raise InvalidParameter.bad_value("lora_scale", request.lora_scale, _SCALE_RULE)
     weights = dict(zip(ids, scales * len(ids) if len(scales) == 1 else scales, strict=True))
     for match in _TAG.finditer(request.prompt):
@@ -48,7 +49,7 @@ def requested_loras(request: InferenceRequest) -> tuple[str, dict[str, float]]:
                 "prompt", match.group(0), f"a <lora:id:weight> weight must be a number from {_LOW:g} to {_HIGH:g}"
             )
         weights[match.group(1).strip()] = weight
-    return _TAG.sub("", request.prompt).strip(), weights  # type: ignore[return-value]
+    return _TAG.sub("", request.prompt).strip(), weights
 
 
 def lora_specs(catalog: CatalogService, model: ModelRecord, weights: dict[str, float]) -> tuple[LoraSpec, ...]:

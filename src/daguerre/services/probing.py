@@ -132,9 +132,12 @@ def inspect_annotator(path: Path) -> CheckpointInfo:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        loaded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UnsupportedModel(f"cannot read {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise UnsupportedModel(f"{path} holds no JSON object")
+    return loaded
 
 
 def _wan_resolutions(path: Path, transformer: dict[str, Any]) -> list[str]:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Update, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from daguerre.db.database import rows_updated
 from daguerre.db.tables import Inference
 from daguerre.errors import DaguerreError, NotFound
 from daguerre.services.accounts import credit_back, debit
@@ -49,10 +50,6 @@ def params_document(request: dict[str, Any], resolved: dict[str, Any]) -> dict[s
     """The params of a new record; `request` is the protocol request's JSON dump."""
     kept = {k: v for k, v in request.items() if k != "access_token"}
     return {"schema": PARAMS_SCHEMA, "request": kept, "resolved": resolved}
-
-
-def _rows_updated(session: Session, statement: Update) -> int:
-    return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
 @dataclass(frozen=True)
@@ -104,7 +101,7 @@ class InferenceStore:
     def finish(self, inf_id: str, outputs: list[str]) -> None:
         with self._sessions.begin() as session:
             statement = update(Inference).where(Inference.id == inf_id, Inference.status == RUNNING)
-            if _rows_updated(session, statement.values(status="done", outputs=outputs)) != 1:
+            if rows_updated(session, statement.values(status="done", outputs=outputs)) != 1:
                 # Only when something else already failed and refunded it (a shutdown's deadline).
                 raise DaguerreError(f"inference {inf_id} was stopped before it could be delivered")
 
@@ -134,7 +131,7 @@ class InferenceStore:
             return False
         # Conditional on the status, so of two processes (or two restarts) only one refunds.
         statement = update(Inference).where(Inference.id == inf_id, Inference.status == RUNNING)
-        if _rows_updated(session, statement.values(status="failed", error=error, credit_cost=0)) != 1:
+        if rows_updated(session, statement.values(status="failed", error=error, credit_cost=0)) != 1:
             return False
         credit_back(session, row.token_id, row.credit_cost, inf_id, note=error)
         return True

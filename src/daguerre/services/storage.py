@@ -7,6 +7,7 @@ Keys carry 192 random bits, so an output URL cannot be guessed; the server serve
 from __future__ import annotations
 
 import secrets
+from typing import cast
 
 from fsspec.core import url_to_fs
 
@@ -33,12 +34,12 @@ class Storage:
     def get(self, key: str) -> bytes:
         try:
             with self._fs.open(self._path(key), "rb") as f:
-                return f.read()
+                return cast(bytes, f.read())  # fsspec is unannotated
         except FileNotFoundError:
             raise NotFound("file not found") from None
 
     def exists(self, key: str) -> bool:
-        return self._fs.exists(self._path(key))
+        return cast(bool, self._fs.exists(self._path(key)))
 
     def _path(self, key: str) -> str:
         parts = key.split("/")

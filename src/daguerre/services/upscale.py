@@ -16,7 +16,7 @@ from anyio import to_thread
 from PIL import Image
 from pydantic import ValidationError
 
-from daguerre.engine.jobs import HiresFixJob, Job, TextToImageJob, Tiling, UpscaleJob
+from daguerre.engine.jobs import HiresFixJob, TextToImageJob, Tiling, UpscaleJob
 from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.inference import InferenceRequest
 from daguerre.protocol.upscale import HIRES_FIX_SCALE, UpscaleRequest, UpscaleResponse
@@ -68,7 +68,7 @@ def stored_render(
 
 @dataclass(frozen=True)
 class _Plan:
-    job: Job
+    job: UpscaleJob | HiresFixJob
     cost: int
     model_id: str
     version: str

@@ -239,7 +239,7 @@ class VideoService(ServingModule):
         async with self.lifecycle.charged(token.id, cost, "video", video.model.id, version.version, params) as inf_id:
             result = await self.engine.submit(job)
             key = self.storage.new_key("videos", result.extension)
-            await self.lifecycle.deliver(inf_id, {key: result.video}, [key])  # type: ignore[dict-item]
+            await self.lifecycle.deliver(inf_id, {key: result.video}, [key])
         return VideoResponse(
             video_url=f"{base_url}/files/{key}",
             inf_id=inf_id,

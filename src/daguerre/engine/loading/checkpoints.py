@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 
+from daguerre.engine.diffusers_classes import StableDiffusionPipeline
 from daguerre.engine.jobs import ModelSpec
 from daguerre.engine.loading.skeletons import family_skeleton
 

@@ -43,12 +43,12 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
         raise RuntimeError("open-clip-torch is not installed; it carries the CLIP BPE merge list")
     source = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.decompress(source.read_bytes()).decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : _MERGE_COUNT + 1]]
+    merges = [(first, second) for first, second in (line.split() for line in lines[1 : _MERGE_COUNT + 1])]
     byte_chars = list(_bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     tokens += ["".join(pair) for pair in merges]
     tokens += [BOS, EOS]
-    return {tok: i for i, tok in enumerate(tokens)}, merges  # type: ignore[return-value]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
 def write_clip_tokenizer(folder: Path, pad_token: str = EOS) -> Path:

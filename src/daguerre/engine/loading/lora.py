@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
-from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.jobs import LoraSpec
 
 _COMPONENTS = ["unet", "text_encoder"]
@@ -48,6 +49,11 @@ def _wrapped_layers(pipe: DiffusionPipeline) -> list[BaseTunerLayer]:
     ]
 
 
+def _base_weight(layer: BaseTunerLayer) -> torch.Tensor:
+    # Module attributes are typed Tensor | Module; the wrapped layers are Linear and Conv2d.
+    return cast(torch.Tensor, layer.get_base_layer().weight)
+
+
 @torch.no_grad()
 def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraSpec, ...]) -> None:
     """Make exactly `loras`, at their weights, active on `pipe`."""
@@ -57,7 +63,7 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
     if state.fused:
         pipe.unfuse_lora(components=_COMPONENTS)
         for layer, weight in state.originals.items():
-            layer.get_base_layer().weight.copy_(weight)
+            _base_weight(layer).copy_(weight)
         state.fused = ()
     for spec, (name, _) in zip(loras, wanted, strict=True):
         if name not in state.loaded:
@@ -69,7 +75,7 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
         return
     for layer in _wrapped_layers(pipe):
         if layer not in state.originals:  # base weights are untouched here: nothing is fused
-            state.originals[layer] = layer.get_base_layer().weight.detach().clone()
+            state.originals[layer] = _base_weight(layer).detach().clone()
     names = [name for name, _ in wanted]
     pipe.enable_lora()
     pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])

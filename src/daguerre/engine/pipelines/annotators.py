@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -39,7 +40,9 @@ def load_depth(path: str, device: torch.device) -> Annotator:
     estimator = pipeline("depth-estimation", model=path, device=device)
 
     def depth(image: Image.Image) -> Image.Image:
-        return estimator(image.convert("RGB"))["depth"].convert("RGB").resize(image.size, Image.Resampling.BICUBIC)
+        # The depth-estimation pipeline's result is untyped: a dict whose "depth" is a PIL image.
+        depth_map = cast(Image.Image, estimator(image.convert("RGB"))["depth"])
+        return depth_map.convert("RGB").resize(image.size, Image.Resampling.BICUBIC)
 
     return depth
 
@@ -54,7 +57,10 @@ def load_openpose(path: str, device: torch.device) -> Annotator:
 
     def openpose(image: Image.Image) -> Image.Image:
         resolution = min(DETECT_RESOLUTION, *image.size)
-        pose = detector(image.convert("RGB"), detect_resolution=resolution, image_resolution=resolution)
+        # controlnet_aux is unannotated; with a PIL input the detector returns a PIL image.
+        pose = cast(
+            Image.Image, detector(image.convert("RGB"), detect_resolution=resolution, image_resolution=resolution)
+        )
         return pose.resize(image.size, Image.Resampling.NEAREST)
 
     return openpose

@@ -6,13 +6,13 @@ the prompt and the control map (A1111's txt2img + ControlNet).
 
 from __future__ import annotations
 
-from diffusers import (
+from PIL import Image
+
+from daguerre.engine.diffusers_classes import (
     ControlNetModel,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
 )
-from PIL import Image
-
 from daguerre.engine.jobs import ControlNetJob
 from daguerre.engine.pipelines.sampling import derive, sample
 from daguerre.engine.pipelines.schedulers import Schedulers

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import io
 
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
-from spandrel import ImageModelDescriptor
 
+from daguerre.engine.diffusers_classes import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from daguerre.engine.jobs import HiresFixJob
 from daguerre.engine.pipelines.sampling import derive, sample
 from daguerre.engine.pipelines.schedulers import Schedulers
-from daguerre.engine.pipelines.upscaling import upscale_image
+from daguerre.engine.pipelines.upscaling import Upscaler, upscale_image
 from daguerre.imaging import encode_png
 
 
 def hires_fix(
     pipe: StableDiffusionPipeline,
     schedulers: Schedulers,
-    upscaler: ImageModelDescriptor | None,
+    upscaler: Upscaler | None,
     job: HiresFixJob,
 ) -> bytes:
     render = job.render

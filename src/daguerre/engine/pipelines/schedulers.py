@@ -15,9 +15,10 @@ prediction type), so switching schedulers never reloads anything and jobs never 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from diffusers import (
+from daguerre.engine.diffusers_classes import (
+    ConfigMixin,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -25,12 +26,12 @@ from diffusers import (
     LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    SchedulerMixin,
 )
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-
 from daguerre.engine.jobs import LCM_SCHEDULER
 
-_SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+# Each class is a SchedulerMixin built through ConfigMixin.from_config.
+_SCHEDULERS: dict[str, tuple[type[ConfigMixin], dict[str, Any]]] = {
     "DPMSolverMultistep": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "K_EULER_ANCESTRAL": (EulerAncestralDiscreteScheduler, {}),
     "DDIM": (DDIMScheduler, {}),
@@ -49,7 +50,8 @@ def make_scheduler(name: str, base_config: Any) -> SchedulerMixin:
         cls, overrides = _SCHEDULERS[name]
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(_SCHEDULERS)}") from None
-    return cls.from_config(base_config, **overrides)
+    # from_config gives the instance alone unless asked for the unused kwargs too.
+    return cast(SchedulerMixin, cls.from_config(base_config, **overrides))
 
 
 class Schedulers:

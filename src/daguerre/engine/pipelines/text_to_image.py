@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from diffusers import StableDiffusionPipeline
-
+from daguerre.engine.diffusers_classes import StableDiffusionPipeline
 from daguerre.engine.jobs import TextToImageJob
 from daguerre.engine.pipelines.sampling import sample
 from daguerre.engine.pipelines.schedulers import Schedulers

@@ -25,8 +25,11 @@ from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedDtypeError
 from daguerre.engine.jobs import ModelSpec, Tiling, UpscaleJob
 from daguerre.imaging import encode_png
 
+# A spandrel super-resolution model, whatever its architecture.
+Upscaler = ImageModelDescriptor[torch.nn.Module]
 
-def load_upscaler(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> ImageModelDescriptor:
+
+def load_upscaler(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Upscaler:
     descriptor = ModelLoader(device).load_from_file(spec.path)
     if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose != "SR":
         raise ValueError(f"{spec.path} is not a super-resolution model")
@@ -72,7 +75,7 @@ def _to_uint8(values: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def upscale_tiled(model: ImageModelDescriptor, image: np.ndarray, tiling: Tiling) -> np.ndarray:
+def upscale_tiled(model: Upscaler, image: np.ndarray, tiling: Tiling) -> np.ndarray:
     """Run `model` over an (H, W, 3) 8-bit image in tiles; returns the (H*s, W*s, 3) result."""
     scale = model.scale
     height, width = image.shape[:2]
@@ -102,9 +105,7 @@ def upscale_tiled(model: ImageModelDescriptor, image: np.ndarray, tiling: Tiling
     return result
 
 
-def upscale_image(
-    model: ImageModelDescriptor | None, image: Image.Image, width: int, height: int, tiling: Tiling
-) -> Image.Image:
+def upscale_image(model: Upscaler | None, image: Image.Image, width: int, height: int, tiling: Tiling) -> Image.Image:
     """Resize to exactly width x height: the model runs (repeatedly, if its native factor falls
     short, as A1111 does) until the image reaches the size, then Lanczos takes it to the exact
     size. Without a model, Lanczos does it all."""
@@ -118,6 +119,6 @@ def upscale_image(
     return image
 
 
-def upscale(model: ImageModelDescriptor, job: UpscaleJob) -> bytes:
+def upscale(model: Upscaler, job: UpscaleJob) -> bytes:
     source = Image.open(io.BytesIO(job.image))
     return encode_png(upscale_image(model, source, job.width, job.height, job.tiling))

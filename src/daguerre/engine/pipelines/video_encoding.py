@@ -16,7 +16,7 @@ import numpy as np
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     """frames: uint8 array (frames, height, width, 3); width and height must be even (yuv420p)."""
-    count, height, width, _ = frames.shape
+    _, height, width, _ = frames.shape
     with tempfile.TemporaryDirectory(prefix="daguerre-video-") as folder:
         path = Path(folder) / "clip.mp4"
         writer = imageio_ffmpeg.write_frames(

@@ -75,7 +75,7 @@ def encode_chunks(
         ids.append([bos, *chunk.tokens, eos] + [pad] * padding)
         weights.append([1.0, *chunk.weights, 1.0] + [1.0] * padding)
     input_ids = torch.tensor(ids, device=device)
-    hidden = text_encoder(input_ids)[0]  # (chunks, 77, dim), last hidden state
+    hidden: torch.Tensor = text_encoder(input_ids)[0]  # (chunks, 77, dim), last hidden state
     scale = torch.tensor(weights, device=device, dtype=hidden.dtype).unsqueeze(-1)
     if not torch.all(scale == 1):
         original_mean = hidden.mean(dim=(1, 2), keepdim=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 ROUND = 1.1
 SQUARE = 1 / 1.1
@@ -44,7 +45,7 @@ class Break:
 
 
 def parse_prompt(prompt: str) -> list[Fragment | Break]:
-    pieces: list[list] = []  # [text, weight] or [Break(), None]
+    pieces: list[list[Any]] = []  # [text, weight] or [Break(), None]
     round_open: list[int] = []
     square_open: list[int] = []
 

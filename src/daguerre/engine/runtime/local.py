@@ -21,13 +21,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import numpy as np
-from diffusers import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from PIL import Image
-from spandrel import ImageModelDescriptor
 
 from daguerre.engine.client import EngineClient
+from daguerre.engine.diffusers_classes import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from daguerre.engine.jobs import (
     AuxiliarySpec,
     ControlNetJob,
@@ -52,7 +52,7 @@ from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.image_to_image import image_to_image
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.text_to_image import text_to_image
-from daguerre.engine.pipelines.upscaling import load_upscaler, upscale
+from daguerre.engine.pipelines.upscaling import Upscaler, load_upscaler, upscale
 from daguerre.engine.pipelines.video_encoding import encode_mp4
 from daguerre.engine.runtime.devices import pick_device, pick_dtype
 from daguerre.engine.runtime.model_cache import ModelCache
@@ -152,9 +152,9 @@ class LocalEngine(EngineClient):
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.cache = ModelCache(max_loaded_models)
+        self.cache: ModelCache[ModelSpec | AnimatedKey] = ModelCache(max_loaded_models)
         # ControlNets and annotators, apart so that loading one never evicts a checkpoint.
-        self.auxiliaries = ModelCache(max_loaded_auxiliaries)
+        self.auxiliaries: ModelCache[tuple[str, ModelSpec | AuxiliarySpec]] = ModelCache(max_loaded_auxiliaries)
         self._cache_dir = cache_dir
         self._max_queue = max_queue
         self._video_cpu_offload = video_cpu_offload
@@ -196,9 +196,13 @@ class LocalEngine(EngineClient):
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             queued=self._pending,
-            loaded_models=tuple(f"{k.id}@{k.version}" for k in self.cache.keys()),  # type: ignore[attr-defined]
+            loaded_models=tuple(f"{k.id}@{k.version}" for k in self.cache),
         )
 
+    @overload
+    async def submit(self, job: VideoJob) -> VideoResult: ...
+    @overload
+    async def submit(self, job: TextToImageJob | UpscaleJob | HiresFixJob) -> ImagesResult: ...
     async def submit(self, job: Job) -> Result:
         worker = self._worker
         if worker is None:
@@ -262,14 +266,16 @@ class LocalEngine(EngineClient):
 
         return self.cache.get(spec, load)
 
-    def upscaler(self, spec: ModelSpec) -> ImageModelDescriptor:
+    def upscaler(self, spec: ModelSpec) -> Upscaler:
         # With the ControlNets and annotators: small models that must not evict a checkpoint.
         return self.auxiliaries.get(("upscaler", spec), lambda: load_upscaler(spec, self.device, self.dtype))
 
     def controlnet(self, spec: AuxiliarySpec) -> ControlNetModel:
         def load() -> ControlNetModel:
-            model = ControlNetModel.from_pretrained(spec.path, dtype=self.dtype, local_files_only=True)
-            return model.to(self.device)
+            model: ControlNetModel = ControlNetModel.from_pretrained(spec.path, dtype=self.dtype, local_files_only=True)
+            # typeshed types functools.wraps (ModelMixin.to is wrapped) as an unbound function.
+            model.to(self.device)  # type: ignore[arg-type]
+            return model
 
         return self.auxiliaries.get(("controlnet", spec), load)
 
@@ -308,5 +314,5 @@ class LocalEngine(EngineClient):
             remove_loras(base.pipe, base.loras)
             return video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype))
 
-        pipe = self.cache.get(AnimatedKey(job.model, adapter), build)
-        return video.run_animatediff(pipe, base.schedulers.config, job)
+        animated = self.cache.get(AnimatedKey(job.model, adapter), build)
+        return video.run_animatediff(animated, base.schedulers.config, job)

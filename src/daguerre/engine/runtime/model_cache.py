@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import gc
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, TypeVar, cast
 
 import torch
 
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
-class ModelCache:
+
+class ModelCache(Generic[K]):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._entries: OrderedDict[K, object] = OrderedDict()
         self.loads = 0  # how many times a loader ran; the tests hold the cache to it
 
-    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+    def get(self, key: K, load: Callable[[], T]) -> T:
         if key in self._entries:
             self._entries.move_to_end(key)
-            return self._entries[key]
+            # Each key names one kind of model, always made by the same loader.
+            return cast(T, self._entries[key])
         while len(self._entries) >= self.capacity:
             self._entries.popitem(last=False)
             gc.collect()
@@ -34,5 +38,6 @@ class ModelCache:
         self._entries[key] = value
         return value
 
-    def keys(self) -> list[Hashable]:
-        return list(self._entries)
+    def __iter__(self) -> Iterator[K]:
+        # A copy: the engine's status is read on the event loop while the worker thread loads.
+        return iter(list(self._entries))

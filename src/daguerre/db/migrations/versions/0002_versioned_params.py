@@ -156,9 +156,7 @@ def upgrade() -> None:
         for row in rows:
             document = convert(row.kind, row.model_id, row.version, row.params)
             if document is not None:
-                connection.execute(
-                    sa.update(_INFERENCES).where(_INFERENCES.c.id == row.id).values(params=document)
-                )
+                connection.execute(sa.update(_INFERENCES).where(_INFERENCES.c.id == row.id).values(params=document))
         last = rows[-1].id
 
 
