@@ -137,10 +137,19 @@ def _randomize(parameters: list[torch.Tensor], std: float) -> None:
             parameter.normal_(0.0, std)
 
 
-def build_tiny_lora(pipeline_folder: Path, target: Path, layout: str = "diffusers", seed: int = 0) -> Path:
+def build_tiny_lora(
+    pipeline_folder: Path,
+    target: Path,
+    layout: str = "diffusers",
+    seed: int = 0,
+    extra_unet_targets: tuple[str, ...] = (),
+) -> Path:
     """A random rank-4 LoRA (UNet attention and CLIP attention) for a tiny pipeline, saved as one
-    .safetensors file in the diffusers layout (`unet.…lora_A`) or the kohya/A1111 one
-    (`lora_unet_…lora_down`, `lora_te_…`, with alphas), as Civitai LoRAs are."""
+    .safetensors file in the diffusers layout (`unet.…lora.down`, as diffusers' training scripts
+    write it) or the kohya/A1111 one (`lora_unet_…lora_down`, `lora_te_…`, with alphas), as
+    Civitai LoRAs are. `extra_unet_targets` adds UNet layers, e.g. ("proj_in", "proj_out") as
+    diffusers' training scripts target them; in the diffusers layout those keep peft's names
+    (`proj_in.lora_A`), so the file mixes both naming schemes, as those scripts' files do."""
     from diffusers.utils import (
         convert_state_dict_to_diffusers,
         convert_state_dict_to_kohya,
@@ -149,7 +158,9 @@ def build_tiny_lora(pipeline_folder: Path, target: Path, layout: str = "diffuser
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
     torch.manual_seed(seed)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", *extra_unet_targets])
+    )
     pipe.text_encoder.add_adapter(
         LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
     )

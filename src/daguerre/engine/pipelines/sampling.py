@@ -10,6 +10,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from daguerre.engine.jobs import TextToImageJob
+from daguerre.engine.pipelines.outputs import to_pil
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.prompts.encoding import encode_prompt_pair
 
@@ -38,12 +39,14 @@ def sample(task: DiffusionPipeline, schedulers: Schedulers, job: TextToImageJob,
     prompt_embeds, negative_embeds = encode_prompt_pair(
         job.prompt, job.negative_prompt, task.tokenizer, task.text_encoder, task.device
     )
-    return task(
+    images = task(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
         num_inference_steps=job.steps,
         guidance_scale=job.guidance_scale,
         num_images_per_prompt=len(job.seeds),
         generator=seed_generators(job.seeds),
+        output_type="np",
         **inputs,
     ).images
+    return to_pil(images, "denoising and decoding the image")

@@ -22,8 +22,10 @@ from PIL import Image
 from transformers import CLIPVisionModel
 
 from daguerre.engine.jobs import ModelSpec, VideoJob
+from daguerre.engine.pipelines.outputs import check_finite
 from daguerre.engine.pipelines.sampling import seed_generators
 from daguerre.engine.prompts.encoding import encode_prompt_pair
+from daguerre.engine.runtime.failures import require
 
 
 def load_wan(
@@ -31,6 +33,8 @@ def load_wan(
 ) -> DiffusionPipeline:
     # Wan was trained in bfloat16 and overflows in float16; its VAE and CLIP image encoder are
     # published to run in float32 (their outputs drift visibly in half precision).
+    # diffusers' Wan pipelines clean prompts with ftfy, and fail with a NameError without it.
+    require("ftfy", f"loading video model {spec.id} (version {spec.version})")
     model_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
     full = {"dtype": torch.float32, "local_files_only": True}
     extra = {"vae": AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", **full)}
@@ -66,6 +70,7 @@ def animatediff_pipeline(sd_pipe: DiffusionPipeline, adapter: MotionAdapter) -> 
 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    check_finite(frames, "denoising and decoding the video frames")
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     """frames: uint8 array (frames, height, width, 3); width and height must be even (yuv420p)."""
-    count, height, width, _ = frames.shape
+    import imageio_ffmpeg  # imported here so that a missing one fails this stage with a clear message
+
+    _, height, width, _ = frames.shape
     with tempfile.TemporaryDirectory(prefix="daguerre-video-") as folder:
         path = Path(folder) / "clip.mp4"
         writer = imageio_ffmpeg.write_frames(
