@@ -91,10 +91,14 @@ class ModelCache:
 
     def resident(self) -> list[tuple[Hashable, int]]:
         """(key, bytes) of each entry, least recently used first."""
-        return [(key, sum(footprint.values())) for key, footprint in list(self._footprints.items())]
+        footprints = dict(self._footprints)
+        return [(key, sum(footprints[key].values())) for key in list(self._entries) if key in footprints]
 
     def keys(self) -> list[Hashable]:
         return list(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
 
 
 def label(key: Hashable) -> str:
