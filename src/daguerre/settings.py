@@ -77,7 +77,7 @@ class ModelCacheSettings(BaseModel):
     CPU and MPS), chosen from published fp16 sizes in engine/runtime/local.py: 60% for pipelines
     (an SD 1.5 pipeline is about 2.1 GB), 10% for ControlNets, annotators and upscalers (an SD 1.5
     ControlNet is about 0.72 GB). The LoRA bounds are per resident pipeline: an attention LoRA for
-    SD 1.5 holds 272,064 parameters per unit of rank (counted from SD 1.5's layer shapes), so
+    SD 1.5 holds 273,024 parameters per unit of rank (counted from SD 1.5's layer shapes), so
     about 17 MB at rank 32 and 70 MB at rank 128 in fp16; 8 of those stay well within 1 GiB.
     """
 

@@ -66,12 +66,10 @@ log = logging.getLogger(__name__)
 
 # Default byte budgets, as shares of the device's memory (GPU memory on CUDA, system RAM on CPU
 # and MPS); the settings `model_cache.max_bytes` and `model_cache.auxiliary_max_bytes` override
-# them. What they hold (published fp16 sizes): an SD 1.5 pipeline is about 2.1 GB (UNet 1.72 GB,
-# VAE 0.17 GB, text encoder 0.25 GB), an SD 1.5 ControlNet about 0.72 GB. 60% of a 24 GB GPU keeps
-# six SD 1.5 pipelines resident and leaves 9.6 GB for activations (SD 1.5 at 512x512 with guidance
-# needs under 3 GB; a 1024x1024 VAE decode a few more); 60% of an 80 GB H100 holds Wan 2.1 14B
-# (about 28 GB of bf16 transformer plus an 11 GB text encoder) beside several SD pipelines. The
-# auxiliary share, 10%, holds three ControlNets on a 24 GB GPU.
+# them. Sizes counted from SD 1.5's layer shapes in fp16, matching the published ones: UNet
+# 1.72 GB, VAE 0.17 GB, text encoder 0.25 GB (a pipeline, 2.1 GB), ControlNet 0.72 GB. 60% of a
+# 24 GB GPU keeps six SD 1.5 pipelines resident and leaves 9.6 GB for activations; 10% holds three
+# ControlNets. The demo model measures 16 MB in float32.
 MODEL_CACHE_FRACTION = 0.6
 AUXILIARY_CACHE_FRACTION = 0.1
 
