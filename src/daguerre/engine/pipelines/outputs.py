@@ -40,4 +40,5 @@ def to_pil(images: np.ndarray, what: str) -> list[Image.Image]:
     """(N, H, W, 3) floats in [0, 1], as diffusers' output_type="np" returns them, to PIL images
     the way its output_type="pil" would have (same bytes), once checked."""
     check_finite(images, what)
-    return VaeImageProcessor.numpy_to_pil(images)
+    converted: list[Image.Image] = VaeImageProcessor.numpy_to_pil(images)
+    return converted
