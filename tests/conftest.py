@@ -1,22 +1,34 @@
-"""Shared fixtures: tiny random-weight models of the real architectures, built once per session
-(nothing is fetched from a hub), and an app per test on a fresh data dir sharing one engine so
-the loaded models stay resident between tests, as they do in a server.
+"""Every shared fixture: tiny random-weight models of the real architectures and their LoRAs,
+ControlNets and annotators, built once per session (nothing is fetched from a hub), and an app per
+test on a fresh data dir sharing one engine so the loaded models stay resident between tests, as
+they do in a server. Helpers that are not fixtures live in tests/support/.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from daguerre.app import create_app
-from daguerre.demo.tiny_models import build_tiny_rrdbnet, build_tiny_sd15
+from daguerre.demo.tiny_models import (
+    build_tiny_controlnet,
+    build_tiny_depth_annotator,
+    build_tiny_lora,
+    build_tiny_motion_adapter,
+    build_tiny_openpose_annotator,
+    build_tiny_rrdbnet,
+    build_tiny_sd15,
+    build_tiny_wan,
+)
+from daguerre.engine.client import EngineClient
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Format, NewModel
-from daguerre.settings import Settings
-from tests.support.api import Api, RecordingEngine
+from daguerre.settings import Settings, VideoSettings
+from tests.support.api import Api, RecordingEngine, register
 from tests.support.single_file import export_single_file, skeleton_of
 
 
@@ -50,13 +62,20 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data")
 
 
-@pytest.fixture
-def api(settings: Settings, engine: LocalEngine, tiny_sd15: Path) -> Iterator[Api]:
+@contextmanager
+def serve(settings: Settings, engine: EngineClient, tiny_sd15: Path, credits: float) -> Iterator[Api]:
+    """An app on `engine` with the tiny SD 1.5 model registered as "tiny" and a funded token."""
     with TestClient(create_app(settings, engine=engine), base_url="http://testserver") as client:
         services = client.app.state.services  # type: ignore[attr-defined]
         services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
-        token, _ = services.accounts.create_token(name="test", credits=100)
+        token, _ = services.accounts.create_token(name="test", credits=credits)
         yield Api(client, token)
+
+
+@pytest.fixture
+def api(settings: Settings, engine: LocalEngine, tiny_sd15: Path) -> Iterator[Api]:
+    with serve(settings, engine, tiny_sd15, credits=100) as api:
+        yield api
 
 
 @pytest.fixture
@@ -66,11 +85,46 @@ def recorder() -> RecordingEngine:
 
 @pytest.fixture
 def recorded_api(settings: Settings, recorder: RecordingEngine, tiny_sd15: Path) -> Iterator[Api]:
-    with TestClient(create_app(settings, engine=recorder), base_url="http://testserver") as client:
-        services = client.app.state.services  # type: ignore[attr-defined]
-        services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
-        token, _ = services.accounts.create_token(name="test", credits=1000)
-        yield Api(client, token)
+    with serve(settings, recorder, tiny_sd15, credits=1000) as api:
+        yield api
+
+
+# LoRAs, ControlNets and annotators
+
+
+@pytest.fixture(scope="session")
+def extras_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("extras")
+
+
+@pytest.fixture(scope="session")
+def lora_files(tiny_sd15: Path, extras_dir: Path) -> dict[str, Path]:
+    """Two LoRAs (a, b), LoRA a also in the kohya layout, and an LCM-LoRA."""
+    return {
+        "a": build_tiny_lora(tiny_sd15, extras_dir / "a.safetensors", "diffusers", seed=1),
+        "a-kohya": build_tiny_lora(tiny_sd15, extras_dir / "a-kohya.safetensors", "kohya", seed=1),
+        "b": build_tiny_lora(tiny_sd15, extras_dir / "b.safetensors", "kohya", seed=2),
+        "lcm": build_tiny_lora(tiny_sd15, extras_dir / "lcm.safetensors", "diffusers", seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def controlnet_dirs(tiny_sd15: Path, extras_dir: Path) -> dict[str, Path]:
+    return {
+        name: build_tiny_controlnet(tiny_sd15, extras_dir / f"controlnet-{name}", seed=seed)
+        for seed, name in enumerate(("canny", "depth", "openpose"))
+    }
+
+
+@pytest.fixture(scope="session")
+def annotator_dirs(extras_dir: Path) -> dict[str, Path]:
+    return {
+        "depth": build_tiny_depth_annotator(extras_dir / "depth"),
+        "openpose": build_tiny_openpose_annotator(extras_dir / "openpose"),
+    }
+
+
+# Video
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +132,28 @@ def tiny_video_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     """Tiny random Wan 2.1 text- and image-to-video pipelines and an AnimateDiff motion adapter
     that fits the tiny SD 1.5 UNet; about 2 s to build.
     """
-    from daguerre.demo.tiny_models import build_tiny_motion_adapter, build_tiny_wan
-
     folder = tmp_path_factory.mktemp("video-models")
     return {
         "t2v": build_tiny_wan(folder / "tiny-wan-t2v"),
         "i2v": build_tiny_wan(folder / "tiny-wan-i2v", image_to_video=True),
         "motion_adapter": build_tiny_motion_adapter(folder / "tiny-motion-adapter"),
     }
+
+
+@pytest.fixture
+def video_settings(tmp_path: Path) -> Settings:
+    """Frame sizes scaled down (832x480 -> 96x64) so the tiny clips render in about a second on a CPU."""
+    return Settings(data_dir=tmp_path / "data", video=VideoSettings(resolution_scale=0.125))
+
+
+@pytest.fixture
+def vapi(
+    video_settings: Settings, engine: LocalEngine, tiny_sd15: Path, tiny_video_models: dict[str, Path]
+) -> Iterator[Api]:
+    """An app on `video_settings` with the tiny video models registered: "wan" (text-to-video),
+    "wani2v" (image-to-video) and "motion", the AnimateDiff adapter that animates "tiny"."""
+    with serve(video_settings, engine, tiny_sd15, credits=100) as api:
+        register(api, "video", tiny_video_models["t2v"], "wan")
+        register(api, "video", tiny_video_models["i2v"], "wani2v")
+        register(api, "video", tiny_video_models["motion_adapter"], "motion")
+        yield api

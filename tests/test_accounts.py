@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from daguerre.services.catalog import Format, NewModel
 from daguerre.services.container import open_database
 from daguerre.services.pricing import image_cost
 from daguerre.settings import Pricing, Settings
+from tests.support.accounts import charge_concurrently
 from tests.support.api import Api, RecordingEngine
 
 
@@ -41,30 +41,14 @@ def test_tokens_are_stored_hashed(settings: Settings, accounts: AccountService) 
 def test_charges_never_overdraw_and_say_what_was_needed(accounts: AccountService) -> None:
     _, info = accounts.create_token(credits=1)
     accounts.charge(info.id, to_milli(0.6), "a")
-    with pytest.raises(InsufficientCredits, match="needs 0.6, the balance is 0.4"):
+    with pytest.raises(InsufficientCredits, match=r"needs 0\.6, the balance is 0\.4"):
         accounts.charge(info.id, to_milli(0.6), "b")
     assert accounts.balance(info.id) == pytest.approx(0.4)
 
 
 def test_concurrent_charges_spend_at_most_the_balance(accounts: AccountService) -> None:
     _, info = accounts.create_token(credits=10)
-    outcomes: list[bool] = []
-    lock = threading.Lock()
-
-    def spend() -> None:
-        try:
-            accounts.charge(info.id, to_milli(1), "race")
-            ok = True
-        except InsufficientCredits:
-            ok = False
-        with lock:
-            outcomes.append(ok)
-
-    threads = [threading.Thread(target=spend) for _ in range(25)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = charge_concurrently(accounts, info.id, attempts=25)
     assert outcomes.count(True) == 10
     assert accounts.balance(info.id) == 0
     assert [row.kind for row in accounts.ledger(info.id)].count("charge") == 10

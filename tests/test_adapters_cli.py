@@ -10,7 +10,6 @@ from daguerre.cli import app
 from daguerre.services.catalog import Kind
 from daguerre.services.container import open_database
 from daguerre.settings import Settings
-from tests.adapters import annotator_dirs, controlnet_dirs, extras_dir, lora_files  # noqa: F401  (fixtures)
 
 
 def add(data_dir: Path, *args: str) -> tuple[int, str]:

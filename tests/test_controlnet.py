@@ -10,17 +10,8 @@ import pytest
 
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.uploads import prepare_image
-from tests.adapters import (  # noqa: F401  (fixtures)
-    annotator_dirs,
-    controlnet_dirs,
-    decode,
-    extras_dir,
-    infer_with_image,
-    photo,
-    png,
-    register,
-)
-from tests.support.api import Api
+from tests.support.api import Api, register
+from tests.support.images import decode, photo, png
 
 
 @pytest.fixture
@@ -34,7 +25,7 @@ def controlnets(api: Api, controlnet_dirs: dict[str, Path], annotator_dirs: dict
 
 def test_canny_map_guides_the_image(controlnets: Api, engine: LocalEngine) -> None:
     api, base = controlnets, png(photo(seed=4))
-    body = infer_with_image(api, base, controlnet="canny", seed=6)
+    body = api.infer_with_image(base, controlnet="canny", seed=6)
     assert body["error_code"] == 0, body
     control = decode(api.fetch(body["control_image"]))
     assert control.shape == (128, 128, 3) and set(np.unique(control)) == {0, 255}
@@ -42,7 +33,7 @@ def test_canny_map_guides_the_image(controlnets: Api, engine: LocalEngine) -> No
     assert guided != api.fetch(api.infer(seed=6)["images"][0])
     loads = engine.cache.loads
     # image_strength has no effect with a ControlNet; the same seed reproduces.
-    again = infer_with_image(api, base, controlnet="canny", seed=6, image_strength=0.1)
+    again = api.infer_with_image(base, controlnet="canny", seed=6, image_strength=0.1)
     assert api.fetch(again["images"][0]) == guided
     assert engine.cache.loads == loads
     assert "control_image" not in api.infer(seed=6)
@@ -50,14 +41,14 @@ def test_canny_map_guides_the_image(controlnets: Api, engine: LocalEngine) -> No
 
 def test_ready_made_map_is_used_as_sent(controlnets: Api) -> None:
     api, control_map = controlnets, png(photo(seed=8))
-    body = infer_with_image(api, control_map, controlnet="depth", controlnet_preprocess="false", seed=1)
+    body = api.infer_with_image(control_map, controlnet="depth", controlnet_preprocess="false", seed=1)
     assert body["error_code"] == 0, body
     assert api.fetch(body["control_image"]) == prepare_image(control_map, 128, 128, 10**8)
 
 
 @pytest.mark.parametrize("name", ["depth", "openpose"])
 def test_model_annotators(controlnets: Api, name: str) -> None:
-    body = infer_with_image(controlnets, png(photo(seed=2)), controlnet=name, seed=1)
+    body = controlnets.infer_with_image(png(photo(seed=2)), controlnet=name, seed=1)
     assert body["error_code"] == 0, body
     control = decode(controlnets.fetch(body["control_image"]))
     assert control.shape == (128, 128, 3)
@@ -70,15 +61,15 @@ def test_model_annotators(controlnets: Api, name: str) -> None:
 def test_what_is_missing_is_named_and_costs_nothing(api: Api, controlnet_dirs: dict[str, Path]) -> None:
     before = api.balance()
     base = png(photo())
-    body = infer_with_image(api, base, controlnet="depth")
+    body = api.infer_with_image(base, controlnet="depth")
     assert body["error_code"] == 1 and "no depth ControlNet is installed for the sd15 family" in body["message"]
     register(api, "controlnet", controlnet_dirs["depth"], "cn-depth", controlnet="depth")
-    body = infer_with_image(api, base, controlnet="depth")
+    body = api.infer_with_image(base, controlnet="depth")
     assert body["error_code"] == 1 and "no depth annotator is installed" in body["message"], body
     register(api, "controlnet", controlnet_dirs["canny"], "cn-canny-xl", family="sdxl", controlnet="canny")
-    body = infer_with_image(api, base, controlnet="canny")
+    body = api.infer_with_image(base, controlnet="canny")
     assert body["error_code"] == 1 and "installed only for the sdxl family; model tiny is sd15" in body["message"]
-    body = infer_with_image(api, base, controlnet="scribble")
+    body = api.infer_with_image(base, controlnet="scribble")
     assert body == {"error_code": 1, "message": "invalid controlnet 'scribble': must be one of canny, depth, openpose"}
     body = api.infer(controlnet="canny")
     assert body == {"error_code": 1, "message": "init_image_file is required"}

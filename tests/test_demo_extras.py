@@ -9,7 +9,7 @@ from daguerre.demo.install import DEMO_MODEL_ID, demo_token, install_demo
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Kind
 from daguerre.settings import Settings
-from tests.adapters import photo, png
+from tests.support.images import photo, png
 
 
 def test_demo_installs_every_extra_and_they_run(settings: Settings, engine: LocalEngine) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.support.api import Api
+from tests.support.api import Api, register
 
 
 def hires(api: Api, source: dict) -> bytes:

@@ -7,8 +7,7 @@ from pathlib import Path
 from daguerre.services.accounts import to_milli
 from daguerre.services.pricing import image_cost
 from daguerre.settings import Pricing
-from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.support.api import Api
+from tests.support.api import Api, register
 
 
 def test_lcm_halves_the_cost() -> None:
@@ -36,10 +35,10 @@ def test_lcm_runs_with_its_defaults_at_half_the_cost(api: Api, lora_files: dict[
     assert api.fetch(api.infer(lcm="true", **fields)["images"][0]) == api.fetch(fast["images"][0])
     assert api.fetch(api.infer(**fields)["images"][0]) == api.fetch(plain["images"][0])  # LCM does not leak
     record = api.services.inference.inferences.get(fast["inf_id"], api.services.accounts.authenticate(api.token).id)
-    assert record.params["scheduler"] == "LCM" and record.params["guidance_scale"] == 1.5
-    assert record.params["steps"] == 2  # the client's explicit steps win over LCM's default of 6
+    assert record.resolved["scheduler"] == "LCM" and record.resolved["scale"] == 1.5
+    assert record.resolved["steps"] == 2  # the client's explicit steps win over LCM's default of 6
     defaults = api.post(
         "/api/inference", model_id="tiny", prompt="a cat", width=128, height=128, num_images=1, lcm="true"
     )
     record = api.services.inference.inferences.get(defaults["inf_id"], api.services.accounts.authenticate(api.token).id)
-    assert record.params["steps"] == 6
+    assert record.resolved["steps"] == 6

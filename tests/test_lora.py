@@ -1,13 +1,12 @@
-"""LoRAs: both file layouts, switching without reloading the base model, no leak into the next
-request, several at once, A1111 prompt tags, and the errors."""
+"""LoRAs: both file layouts, the listing, and the errors. Switching without reloading the base
+model, no leak into the next request, scales, several at once and A1111 prompt tags are in
+tests/support/engine_behaviour.py, which every family inherits."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from daguerre.engine.runtime.local import LocalEngine
-from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.support.api import Api
+from tests.support.api import Api, register
 
 
 def image(api: Api, **fields: object) -> bytes:
@@ -16,38 +15,10 @@ def image(api: Api, **fields: object) -> bytes:
     return api.fetch(body["images"][0])
 
 
-def test_lora_never_leaks_and_never_reloads_the_base(
-    api: Api, engine: LocalEngine, lora_files: dict[str, Path]
-) -> None:
-    register(api, "lora", lora_files["a"], "lora-a")
-    register(api, "lora", lora_files["b"], "lora-b")
-    base = image(api)
-    loads = engine.cache.loads
-    with_a = image(api, lora="lora-a")
-    with_b = image(api, lora="lora-b")
-    assert image(api) == base
-    assert image(api, lora="lora-a") == with_a
-    assert len({base, with_a, with_b}) == 3
-    assert engine.cache.loads == loads
-
-
 def test_kohya_and_diffusers_layouts_give_the_same_image(api: Api, lora_files: dict[str, Path]) -> None:
     assert register(api, "lora", lora_files["a"], "lora-a").options["layout"] == "diffusers"
     assert register(api, "lora", lora_files["a-kohya"], "lora-a-kohya").options["layout"] == "kohya"
     assert image(api, lora="lora-a") == image(api, lora="lora-a-kohya")
-
-
-def test_scale_several_loras_and_prompt_tags(api: Api, lora_files: dict[str, Path]) -> None:
-    register(api, "lora", lora_files["a"], "lora-a")
-    register(api, "lora", lora_files["b"], "lora-b")
-    default = image(api, lora="lora-a")
-    assert image(api, lora="lora-a", lora_scale="0.75") == default
-    assert image(api, lora="lora-a", lora_scale="0.3") != default
-    both = image(api, lora="lora-a,lora-b", lora_scale="0.75,0.5")
-    assert both not in (default, image(api, lora="lora-b", lora_scale="0.5"))
-    assert image(api, prompt="a cat <lora:lora-a:0.75> <lora:lora-b:0.5>") == both
-    assert image(api, lora="lora-a", prompt="<lora:lora-b:0.5> a cat") == both
-    assert image(api, prompt="a cat <lora:lora-a>") == image(api, lora="lora-a", lora_scale="1")
 
 
 def test_models_lists_loras(api: Api, lora_files: dict[str, Path]) -> None:

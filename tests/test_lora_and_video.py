@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.adapters import extras_dir, lora_files, register  # noqa: F401  (fixtures)
-from tests.support.api import Api
-from tests.test_video import settings, vapi, video  # noqa: F401  (fixtures)
+from tests.support.api import Api, register
+from tests.support.video import video
 
 
 def test_lora_images_and_animatediff_clips_on_one_model(vapi: Api, lora_files: dict[str, Path]) -> None:

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from daguerre.app import create_app
-from daguerre.errors import InsufficientCredits
-from daguerre.services.accounts import to_milli
 from daguerre.services.catalog import Format, NewModel
 from daguerre.services.container import open_database
 from daguerre.settings import Settings
+from tests.support.accounts import charge_concurrently
 from tests.support.api import RecordingEngine
 
 
@@ -62,20 +60,7 @@ def postgres_url() -> Iterator[str]:
 def test_concurrent_charges_on_postgres(tmp_path: Path, postgres_url: str) -> None:
     accounts = open_database(Settings(data_dir=tmp_path, database_url=postgres_url)).accounts
     _, info = accounts.create_token(credits=8)
-    results: list[bool] = []
-
-    def spend() -> None:
-        try:
-            accounts.charge(info.id, to_milli(1), "race")
-            results.append(True)
-        except InsufficientCredits:
-            results.append(False)
-
-    threads = [threading.Thread(target=spend) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = charge_concurrently(accounts, info.id, attempts=20)
     assert results.count(True) == 8 and accounts.balance(info.id) == 0
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from daguerre.errors import InvalidParameter
 from daguerre.services.uploads import prepare_image
-from tests.adapters import decode, infer_with_image, photo, png
 from tests.support.api import Api
+from tests.support.images import decode, photo, png
 
 LIMIT = 40_000_000
 
@@ -77,10 +77,10 @@ def test_bad_files_are_refused(data: bytes, message: str) -> None:
 def test_bad_uploads_get_an_envelope_and_cost_nothing(api: Api) -> None:
     before = api.balance()
     for data in (b"GIF89a but not really", png(photo())[:200]):
-        body = infer_with_image(api, data)
+        body = api.infer_with_image(data)
         assert body["error_code"] == 1 and "init_image_file" in body["message"], body
     api.services.settings.max_upload_bytes = 1000
-    body = infer_with_image(api, png(photo(300, 300)))
+    body = api.infer_with_image(png(photo(300, 300)))
     assert body["error_code"] == 1 and "larger than the upload limit of 1000 bytes" in body["message"]
     assert api.balance() == before
 

@@ -13,37 +13,18 @@ from PIL import Image
 
 from daguerre.app import create_app
 from daguerre.engine.runtime.local import LocalEngine
-from daguerre.services.catalog import Format, Kind, NewModel
-from daguerre.services.probing import inspect_model
+from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings
-from tests.support.api import Api
-
-
-def add_upscaler(api: Api, path: Path, model_id: str) -> None:
-    info = inspect_model("upscaler", path)
-    api.services.catalog.add(
-        NewModel(
-            path=path,
-            format=Format(info.format),
-            kind=Kind.UPSCALER,
-            id=model_id,
-            title=model_id,
-            family=info.family,
-            options=info.options,
-        )
-    )
+from tests.support.api import Api, register
+from tests.support.images import decode
 
 
 @pytest.fixture
 def up(api: Api, tiny_upscalers: dict[int, Path]) -> Api:
     """The api fixture with the tiny x2 and x4 upscalers installed."""
-    add_upscaler(api, tiny_upscalers[2], "x2")
-    add_upscaler(api, tiny_upscalers[4], "x4")
+    register(api, "upscaler", tiny_upscalers[2], "x2")
+    register(api, "upscaler", tiny_upscalers[4], "x4")
     return api
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def upscale(api: Api, source: dict[str, Any], index: int = 0, **fields: Any) -> dict[str, Any]:
@@ -67,7 +48,7 @@ def test_esrgan_defaults_to_2x_with_the_x2_model(up: Api) -> None:
     assert body["credit_cost"] == round(max(0.05, 0.5 * 256 * 256 / 1024**2), 2)
     assert up.balance() == pytest.approx(before - body["credit_cost"])
     upscaled = record(up, body["inf_id"])
-    assert upscaled.kind == "upscale" and upscaled.model_id == "x2" and upscaled.params["type"] == "esrgan"
+    assert upscaled.kind == "upscale" and upscaled.model_id == "x2" and upscaled.params["request"]["type"] == "esrgan"
     assert body["output"].endswith(upscaled.outputs[0])
     # The same request as JSON gives the same image: the model is deterministic.
     response = up.client.post(
@@ -145,7 +126,7 @@ def test_output_beyond_the_size_limit_is_refused_before_charging(
         services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
         token, _ = services.accounts.create_token(credits=10)
         api = Api(client, token)
-        add_upscaler(api, tiny_upscalers[4], "x4")
+        register(api, "upscaler", tiny_upscalers[4], "x4")
         source = api.infer(seed=1)
         before = api.balance()
         assert upscale(api, source, scale=2)["error_code"] == 0  # 256x256 fits
@@ -175,7 +156,7 @@ def test_without_an_upscaler_esrgan_says_so_and_costs_nothing(api: Api) -> None:
 def test_failed_work_is_refunded(api: Api, tiny_upscalers: dict[int, Path], tmp_path: Path) -> None:
     broken = tmp_path / "broken.pth"
     broken.write_bytes(tiny_upscalers[2].read_bytes())
-    add_upscaler(api, broken, "broken")
+    register(api, "upscaler", broken, "broken")
     broken.write_bytes(b"no longer a model")  # the file went bad after it was registered
     source = api.infer(seed=1)
     before = api.balance()
@@ -219,7 +200,7 @@ def test_hires_fix_is_reproducible_and_survives_a_restart(up: Api, settings: Set
         assert second["error_code"] == 0, second
         assert again.fetch(second["output"]) == image
         upscaled_only = upscale(again, source, type="hires_fix", strength="0")
-        assert not np.array_equal(pixels(again.fetch(upscaled_only["output"])), pixels(image))
+        assert not np.array_equal(decode(again.fetch(upscaled_only["output"])), decode(image))
 
 
 def test_hires_fix_renders_with_the_images_own_seed(up: Api) -> None:
@@ -227,14 +208,14 @@ def test_hires_fix_renders_with_the_images_own_seed(up: Api) -> None:
     for index in (0, 1):
         body = upscale(up, pair, index=index, type="hires_fix", strength="0")
         assert body["error_code"] == 0, body
-        assert record(up, body["inf_id"]).params["seed"] == pair["seeds"][index]
+        assert record(up, body["inf_id"]).resolved["seed"] == pair["seeds"][index]
 
 
 def test_hires_fix_at_strength_zero_is_the_esrgan_2x_upscale(up: Api) -> None:
     source = up.infer(seed=3)
     hires = upscale(up, source, type="hires_fix", strength="0")
     esrgan = upscale(up, source, scale="2")
-    assert np.array_equal(pixels(up.fetch(hires["output"])), pixels(up.fetch(esrgan["output"])))
+    assert np.array_equal(decode(up.fetch(hires["output"])), decode(up.fetch(esrgan["output"])))
     # No denoising step runs, so only the upscale is charged.
     assert hires["credit_cost"] == esrgan["credit_cost"]
 
@@ -245,5 +226,5 @@ def test_hires_fix_without_an_upscaler_resamples_with_lanczos(api: Api) -> None:
     assert body["error_code"] == 0, body
     original = Image.open(io.BytesIO(api.fetch(source["images"][0])))
     expected = np.asarray(original.convert("RGB").resize((256, 256), Image.Resampling.LANCZOS))
-    assert np.array_equal(pixels(api.fetch(body["output"])), expected)
-    assert record(api, body["inf_id"]).params["upscaler"] is None
+    assert np.array_equal(decode(api.fetch(body["output"])), expected)
+    assert record(api, body["inf_id"]).resolved["upscaler"] is None

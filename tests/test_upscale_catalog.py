@@ -24,7 +24,7 @@ runner = CliRunner()
 
 def test_models_add_kind_upscaler_records_the_native_scale(tmp_path: Path, tiny_upscalers: dict[int, Path]) -> None:
     safetensors = build_tiny_rrdbnet(tmp_path / "x2.safetensors", 2, seed=1)
-    for path, model_id, scale in ((tiny_upscalers[4], "up4", 4), (safetensors, "up2", 2)):
+    for path, model_id in ((tiny_upscalers[4], "up4"), (safetensors, "up2")):
         result = runner.invoke(
             app,
             [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_tiles_cover_the_image_and_overlap_by_at_least_the_setting(tile: int, ov
         starts = tile_starts(length, tile, overlap)
         size = min(tile, length)
         assert starts[0] == 0 and starts[-1] + size == length
-        assert all(b - a > 0 and a + size - b >= overlap for a, b in zip(starts, starts[1:], strict=False))
+        assert all(b - a > 0 and a + size - b >= overlap for a, b in itertools.pairwise(starts))
 
 
 @pytest.mark.parametrize("scale", [2, 4])

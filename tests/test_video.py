@@ -1,13 +1,13 @@
 """POST /api/video on tiny random-weight Wan 2.1 (T2V, I2V) and AnimateDiff models.
 
-Frame sizes are scaled down by the resolution_scale setting (832x480 -> 96x64) so the clips render
-in about a second on a CPU; one test renders the true 480p size.
+Frame sizes are scaled down by the resolution_scale setting of the `video_settings` fixture
+(832x480 -> 96x64) so the clips render in about a second on a CPU; one test renders the true 480p
+size.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import shutil
 import threading
 from collections.abc import Iterator
@@ -15,77 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from daguerre.cli import app as cli
 from daguerre.demo.install import install_demo
 from daguerre.engine.jobs import VideoJob, VideoResult
 from daguerre.errors import GenerationFailed
-from daguerre.services.catalog import Format, Kind, NewModel
+from daguerre.services.catalog import Kind
 from daguerre.services.pricing import video_cost
 from daguerre.services.probing import UnsupportedModel, inspect_model
 from daguerre.services.video import frame_size
-from daguerre.settings import Pricing, RemoteImageSettings, Settings, VideoSettings
-from tests.support.api import Api
-
-FAST = {"num_frames": 5, "steps": 1, "scale": 1}  # scale 1: no classifier-free guidance, half the work
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", video=VideoSettings(resolution_scale=0.125))
-
-
-def register(api: Api, path: Path, model_id: str) -> None:
-    info = inspect_model("video", path)
-    api.services.catalog.add(
-        NewModel(
-            path=path,
-            format=Format(info.format),
-            kind=Kind.VIDEO,
-            id=model_id,
-            title=model_id,
-            family=info.family,
-            options=info.options,
-        )
-    )
-
-
-@pytest.fixture
-def vapi(api: Api, tiny_video_models: dict[str, Path]) -> Api:
-    register(api, tiny_video_models["t2v"], "wan")
-    register(api, tiny_video_models["i2v"], "wani2v")
-    register(api, tiny_video_models["motion_adapter"], "motion")
-    return api
-
-
-def video(api: Api, **fields: Any) -> dict[str, Any]:
-    return api.post("/api/video", **{"model_id": "wan", "prompt": "a cat walking", **fields})
-
-
-def probe(data: bytes) -> dict[str, Any]:
-    """Decode the whole MP4 with FFmpeg's own decoder (PyAV)."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return {
-            "codec": stream.codec_context.name,
-            "pix_fmt": stream.codec_context.pix_fmt,
-            "fps": stream.average_rate,
-            "frames": len(frames),
-            "size": (stream.width, stream.height),
-            "pixels": np.stack(frames),
-        }
-
-
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), "green").save(buffer, format="PNG")
-    return buffer.getvalue()
+from daguerre.settings import Pricing, RemoteImageSettings, Settings
+from tests.support.api import Api, register
+from tests.support.images import solid_png
+from tests.support.video import FAST, probe, video
 
 
 def error(body: dict[str, Any], *parts: str) -> None:
@@ -112,7 +57,7 @@ def test_text_to_video_is_browser_playable_h264(vapi: Api) -> None:
     assert vapi.balance() == pytest.approx(before - body["credit_cost"])
     record = vapi.services.video.inferences.get(body["inf_id"], vapi.services.accounts.authenticate(vapi.token).id)
     assert (record.kind, record.status, record.model_id) == ("video", "done", "wan")
-    assert record.params["negative_prompt"] == "blurry" and record.params["guidance_scale"] == 3
+    assert record.request["negative_prompt"] == "blurry" and record.resolved["scale"] == 3
 
 
 def test_the_same_seed_reproduces_the_clip(vapi: Api) -> None:
@@ -130,7 +75,7 @@ def test_true_480p_size(vapi: Api, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_image_to_video_from_this_servers_storage_keeps_portrait(vapi: Api) -> None:
-    vapi.services.storage.put("images/first.png", png(300, 500))
+    vapi.services.storage.put("images/first.png", solid_png(300, 500))
     body = video(vapi, model_id="wani2v", image_url="http://testserver/files/images/first.png", seed=1, **FAST)
     assert body["error_code"] == 0, body
     assert (body["width"], body["height"]) == (64, 96)  # 480x832 scaled
@@ -143,7 +88,7 @@ class _ImageHandler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        body = png(200, 120)
+        body = solid_png(200, 120)
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -177,7 +122,7 @@ def test_animatediff_animates_an_image_model(vapi: Api) -> None:
     assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
     assert (info["frames"], info["fps"], info["size"]) == (3, 8, (96, 64))
     record = vapi.services.video.inferences.get(body["inf_id"], vapi.services.accounts.authenticate(vapi.token).id)
-    assert record.params["motion_adapter"] == {"id": "motion", "version": "1"}
+    assert record.resolved["motion_adapter"] == {"id": "motion", "version": "1"}
 
 
 # Defaults, recorded from the job the engine receives
@@ -276,7 +221,7 @@ def test_unauthorized_and_uploads(vapi: Api) -> None:
     response = vapi.client.post(
         "/api/video",
         data={"access_token": vapi.token, "model_id": "wan", "prompt": "x"},
-        files={"image": ("a.png", png(8, 8), "image/png")},
+        files={"image": ("a.png", solid_png(8, 8), "image/png")},
     )
     error(response.json(), "not as an upload")
 
@@ -296,7 +241,7 @@ def test_failed_work_is_refunded(vapi: Api, tiny_video_models: dict[str, Path], 
     broken = shutil.copytree(tiny_video_models["t2v"], tmp_path / "broken-wan")
     for weights in (broken / "transformer").glob("*.safetensors"):
         weights.write_bytes(b"not weights")
-    register(vapi, broken, "broken")
+    register(vapi, "video", broken, "broken")
     before = vapi.balance()
     body = video(vapi, model_id="broken", **FAST)
     error(body, "generation failed")

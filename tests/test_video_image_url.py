@@ -9,7 +9,7 @@ allows private addresses, or counted as public where the test is about a redirec
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -17,19 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from daguerre.errors import InvalidParameter
 from daguerre.services import remote_images
 from daguerre.services.remote_images import RemoteImages, is_public
 from daguerre.services.storage import Storage
 from daguerre.settings import RemoteImageSettings
-
-
-def png(width: int = 40, height: int = 60, color: str = "red") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
-    return buffer.getvalue()
+from tests.support.images import solid_png
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -43,27 +37,25 @@ class Handler(BaseHTTPRequestHandler):
         if length:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the client gave up (the time-limit test)
             self.wfile.write(body)
-        except BrokenPipeError:
-            pass  # the client gave up (the time-limit test)
 
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
         if path == "/ok.png":
-            self._send(200, png(), {"Content-Type": "image/png"})
+            self._send(200, solid_png(40, 60, "red"), {"Content-Type": "image/png"})
         elif path == "/big.png":
-            self._send(200, png(400, 400, "blue") + b"\0" * 5000)
+            self._send(200, solid_png(400, 400, "blue") + b"\0" * 5000)
         elif path == "/unsized.png":
             # No Content-Length: HTTP/1.0 ends the body by closing, so only counting can stop it.
             self._send(200, b"\0" * 5000, length=False)
         elif path == "/slow.png":
             time.sleep(2)
-            self._send(200, png())
+            self._send(200, solid_png(40, 60, "red"))
         elif path == "/text":
             self._send(200, b"hello, not an image", {"Content-Type": "text/plain"})
         elif path == "/huge.png":
-            self._send(200, png(3000, 3000, "white"))
+            self._send(200, solid_png(3000, 3000, "white"))
         elif path == "/redirect":
             self._send(302, headers={"Location": query.removeprefix("to=")})
         elif path == "/loop":
@@ -191,7 +183,7 @@ def test_content_must_be_an_image_of_bounded_size(tmp_path: Path, server: str) -
 
 def test_this_servers_own_urls_are_read_from_storage(tmp_path: Path) -> None:
     images = fetcher(tmp_path, {"testserver": ["10.0.0.1"], "elsewhere.example": ["10.0.0.2"]})
-    images.storage.put("images/abc.png", png(30, 20))
+    images.storage.put("images/abc.png", solid_png(30, 20))
     own = ("http://testserver", "https://public.example/prefix")
     assert asyncio.run(images.fetch("http://testserver/files/images/abc.png", own)).size == (30, 20)
     assert asyncio.run(images.fetch("https://public.example/prefix/files/images/abc.png", own)).size == (30, 20)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import uvicorn
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -14,6 +19,8 @@ from daguerre.api.routes import files, health, inference, models, upscale, video
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
 from daguerre.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def default_engine(settings: Settings) -> EngineClient:
@@ -27,6 +34,7 @@ def default_engine(settings: Settings) -> EngineClient:
         dtype=settings.dtype,
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
+        shutdown_grace_s=settings.shutdown_grace_s,
         video_cpu_offload=settings.video.cpu_offload,
         video_vae_tiling=settings.video.vae_tiling,
         model_cache_bytes=settings.model_cache.max_bytes,
@@ -42,6 +50,12 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = open_database(settings)
+        # Work still running in the database was interrupted by a crash or a kill: fail and refund
+        # it before serving, so no credit stays held. (One server owns its database; see
+        # InferenceStore.fail_unfinished for what several gateways on one database would need.)
+        interrupted = await to_thread.run_sync(database.inferences.fail_unfinished)
+        if interrupted:
+            log.warning("refunded %d inference(s) interrupted by the last shutdown: %s", len(interrupted), interrupted)
         services = build_services(settings, database, engine or default_engine(settings))
         app.state.services = services
         await services.engine.start()
@@ -68,3 +82,34 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     for module in (inference, models, upscale, video, files, health):
         app.include_router(module.router)
     return app
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, closing the engine the moment shutdown begins (SIGTERM, Ctrl+C).
+
+    uvicorn stops accepting, then waits for in-flight requests before the app's lifespan shutdown;
+    requests queued behind a running job would run to the end in that wait. Closing the engine
+    first fails them at once (their credits go back), and fails the running job too if it is not
+    done within `shutdown_grace_s`, so every request ends, refunded or delivered, before exit.
+    """
+
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        super().__init__(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                proxy_headers=True,
+                # Past the engine's own deadline, so requests end through it (refunded) rather
+                # than by uvicorn cancelling them.
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+            )
+        )
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        services = getattr(self._app.state, "services", None)
+        closing = asyncio.create_task(services.engine.close()) if services is not None else None
+        await super().shutdown(sockets)
+        if closing is not None:
+            await closing

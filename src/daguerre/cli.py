@@ -52,9 +52,7 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo", help="Install the demo model and print a demo token")] = False,
 ) -> None:
     """Start the HTTP server."""
-    import uvicorn
-
-    from daguerre.app import create_app
+    from daguerre.app import GracefulServer, create_app
     from daguerre.demo.install import demo_token, install_demo
 
     settings = _settings(data_dir)
@@ -75,7 +73,7 @@ def serve(
         )
         console.print("demo access token:")
         print(token, flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, proxy_headers=True)
+    GracefulServer(create_app(settings), settings).run()
 
 
 @tokens_app.command("create")

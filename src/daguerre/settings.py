@@ -112,6 +112,9 @@ class Settings(BaseSettings):
         None, ge=1, description="optional cap on the number of resident pipelines, besides model_cache.max_bytes"
     )
     max_queue: int = Field(32, ge=1, description="jobs waiting or running before 'server busy'")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, seconds the running job gets to finish before it is failed and refunded"
+    )
     max_num_images: int = Field(4, ge=1, le=16)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="init_image_file size limit")
     max_upload_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard for init_image_file")

@@ -1,8 +1,10 @@
-"""The test client wrapper and the recording engine the fixtures in conftest.py hand out."""
+"""The test client wrapper the fixtures in conftest.py hand out, catalog registration as the CLI
+does it, and the recording engine."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -11,25 +13,48 @@ from PIL import Image
 from daguerre.engine.client import EngineClient
 from daguerre.engine.jobs import EngineStatus, ImagesResult
 from daguerre.errors import GenerationFailed
+from daguerre.services.catalog import Format, Kind, ModelRecord, NewModel
+from daguerre.services.container import Services
+from daguerre.services.probing import inspect_model
 
 SMALL = {"width": 128, "height": 128, "steps": 2, "num_images": 1}
 
 
 class Api:
-    """A TestClient with the catalog primed and a funded token."""
+    """A TestClient with the catalog primed and a funded token; `infer` renders `model_id`."""
 
-    def __init__(self, client: TestClient, token: str) -> None:
+    def __init__(self, client: TestClient, token: str, model_id: str = "tiny") -> None:
         self.client = client
         self.token = token
-        self.services = client.app.state.services  # type: ignore[attr-defined]
+        self.model_id = model_id
+        self.services: Services = client.app.state.services  # type: ignore[attr-defined]
+
+    def for_model(self, model_id: str) -> Api:
+        """The same client and token, rendering another model by default."""
+        return Api(self.client, self.token, model_id)
 
     def post(self, path: str, **fields: Any) -> dict[str, Any]:
         response = self.client.post(path, data={"access_token": self.token, **fields})
         assert response.status_code == 200, response.text
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
 
     def infer(self, **fields: Any) -> dict[str, Any]:
-        return self.post("/api/inference", **{"model_id": "tiny", "prompt": "a cat", **SMALL, **fields})
+        return self.post("/api/inference", **{"model_id": self.model_id, "prompt": "a cat", **SMALL, **fields})
+
+    def infer_with_image(self, image: bytes, **fields: Any) -> dict[str, Any]:
+        """An inference with `image` as its init_image_file (img2img, or ControlNet's input)."""
+        data = {"access_token": self.token, "model_id": self.model_id, "prompt": "a cat", **SMALL, **fields}
+        files = {"init_image_file": ("base.png", image, "image/png")}
+        response = self.client.post("/api/inference", data=data, files=files)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def images(self, body: dict[str, Any]) -> list[bytes]:
+        """The images of a successful inference answer, fetched."""
+        assert body["error_code"] == 0, body
+        return [self.fetch(url) for url in body["images"]]
 
     def fetch(self, url: str) -> bytes:
         response = self.client.get(url)
@@ -38,6 +63,22 @@ class Api:
 
     def balance(self) -> float:
         return self.services.accounts.authenticate(self.token).balance
+
+
+def register(api: Api, kind: str, path: Path, model_id: str, family: str | None = None, **options: Any) -> ModelRecord:
+    """Register as `daguerre models add --kind KIND` does: the inspector decides format and family."""
+    info = inspect_model(kind, path)
+    return api.services.catalog.add(
+        NewModel(
+            path=path,
+            format=Format(info.format),
+            kind=Kind(kind),
+            title=model_id,
+            id=model_id,
+            family=family or info.family,
+            options={**info.options, **options},
+        )
+    )
 
 
 class RecordingEngine(EngineClient):

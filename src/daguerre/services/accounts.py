@@ -104,21 +104,11 @@ class AccountService:
     def charge(self, token_id: int, cost: int, reference: str) -> None:
         """Debit `cost` millicredits or raise InsufficientCredits; never goes below zero."""
         with self._sessions.begin() as session:
-            result = session.execute(
-                update(Token).where(Token.id == token_id, Token.balance >= cost).values(balance=Token.balance - cost)
-            )
-            if result.rowcount != 1:
-                balance = session.scalar(select(Token.balance).where(Token.id == token_id)) or 0
-                raise InsufficientCredits(
-                    f"not enough credits: this request needs {from_milli(cost):g}, "
-                    f"the balance is {from_milli(balance):g}"
-                )
-            session.add(LedgerEntry(token_id=token_id, kind="charge", delta=-cost, reference=reference))
+            debit(session, token_id, cost, reference)
 
     def refund(self, token_id: int, cost: int, reference: str, note: str = "") -> None:
         with self._sessions.begin() as session:
-            session.execute(update(Token).where(Token.id == token_id).values(balance=Token.balance + cost))
-            session.add(LedgerEntry(token_id=token_id, kind="refund", delta=cost, reference=reference, note=note))
+            credit_back(session, token_id, cost, reference, note)
 
     def balance(self, token_id: int) -> float:
         with self._sessions() as session:
@@ -139,3 +129,22 @@ class AccountService:
     @staticmethod
     def _info(row: Token) -> TokenInfo:
         return TokenInfo(row.id, row.name, row.prefix, from_milli(row.balance), row.created_at)
+
+
+# Session-level, so that a charge or refund can share one transaction with the inference record it
+# pays for (services/records.py): a crash then leaves both or neither.
+def debit(session: Session, token_id: int, cost: int, reference: str) -> None:
+    result = session.execute(
+        update(Token).where(Token.id == token_id, Token.balance >= cost).values(balance=Token.balance - cost)
+    )
+    if result.rowcount != 1:
+        balance = session.scalar(select(Token.balance).where(Token.id == token_id)) or 0
+        raise InsufficientCredits(
+            f"not enough credits: this request needs {from_milli(cost):g}, the balance is {from_milli(balance):g}"
+        )
+    session.add(LedgerEntry(token_id=token_id, kind="charge", delta=-cost, reference=reference))
+
+
+def credit_back(session: Session, token_id: int, cost: int, reference: str, note: str = "") -> None:
+    session.execute(update(Token).where(Token.id == token_id).values(balance=Token.balance + cost))
+    session.add(LedgerEntry(token_id=token_id, kind="refund", delta=cost, reference=reference, note=note))

@@ -1,13 +1,15 @@
 """Serving POST /api/inference: resolve the model and defaults, charge, run, store, answer.
 
 Credits are taken before the work starts (so concurrent requests cannot overspend) and given
-back if the work fails.
+back if the work fails. The record keeps the request and what it resolved to (services/records.py);
+`render_job` turns both back into work, for fresh requests and for hires fixes of old records alike.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict
+from collections.abc import Mapping
+from typing import Any
 
 from anyio import to_thread
 
@@ -15,10 +17,11 @@ from daguerre.engine.jobs import (
     LCM_SCHEDULER,
     ControlNetJob,
     ImageToImageJob,
+    LoraSpec,
     ModelSpec,
     TextToImageJob,
 )
-from daguerre.errors import InvalidParameter
+from daguerre.errors import DaguerreError, InvalidParameter, NotFound
 from daguerre.protocol.inference import (
     DEFAULT_SCALE,
     DEFAULT_SCHEDULER,
@@ -28,10 +31,12 @@ from daguerre.protocol.inference import (
 )
 from daguerre.services import model_extras
 from daguerre.services.accounts import TokenInfo, from_milli
-from daguerre.services.catalog import Kind, ModelRecord, Version
+from daguerre.services.catalog import CatalogService, Kind, ModelRecord, Version
 from daguerre.services.pricing import image_cost
+from daguerre.services.records import params_document
 from daguerre.services.serving import ServingModule
 from daguerre.services.uploads import prepare_image
+from daguerre.settings import Settings
 
 # lcm=true: steps and guidance suited to an LCM-LoRA, used when the request gives none (the
 # model's default scale is for ordinary sampling, so it does not apply).
@@ -54,6 +59,103 @@ def join_negative(negative_prompt: str, default: str) -> str:
     return ", ".join(p for p in (negative_prompt.strip(), default.strip()) if p)
 
 
+def _pinned_loras(catalog: CatalogService, entries: list[dict[str, Any]]) -> tuple[LoraSpec, ...]:
+    """The LoRAs a record names, at the versions it used, from the catalog as it is now."""
+    specs = []
+    for entry in entries:
+        try:
+            version = catalog.get(entry["id"], Kind.LORA).version(entry["version"])
+        except NotFound:
+            raise DaguerreError(
+                f"LoRA {entry['id']} version {entry['version']}, which that inference used, is no longer installed"
+            ) from None
+        specs.append(LoraSpec(entry["id"], entry["version"], version.path, float(entry["weight"])))
+    return tuple(specs)
+
+
+def render_job(
+    catalog: CatalogService,
+    settings: Settings,
+    request: InferenceRequest,
+    model: ModelRecord,
+    version: Version,
+    pinned: Mapping[str, Any] | None = None,
+    init_image: bytes | None = None,
+) -> tuple[TextToImageJob, dict[str, Any]]:
+    """The job a request asks for, and the record's "resolved" values: what the server chose
+    where the request left it open (seeds, defaults, LoRA versions). `pinned` holds resolved
+    values to keep instead of choosing again (a stored record's, or a hires fix's size and seed);
+    anything it lacks is resolved as for a fresh request. `init_image` (the upload's bytes) makes
+    it image-to-image or ControlNet."""
+    pinned = pinned or {}
+    prompt, lora_weights = model_extras.requested_loras(request)
+    if "loras" in pinned:
+        loras = _pinned_loras(catalog, pinned["loras"])
+    else:
+        loras = model_extras.lora_specs(catalog, model, lora_weights)
+        if request.lcm:
+            loras = (*loras, model_extras.lcm_lora(catalog, model))
+    if request.lcm:
+        steps = request.steps if "steps" in request.model_fields_set else LCM_STEPS
+        scale = request.scale if request.scale is not None else LCM_SCALE
+        scheduler: str = LCM_SCHEDULER
+    else:
+        steps = request.steps
+        scale = request.scale if request.scale is not None else (model.default_scale or DEFAULT_SCALE)
+        scheduler = request.scheduler or model.default_scheduler or DEFAULT_SCHEDULER
+    if "seeds" in pinned:
+        seeds = tuple(int(seed) for seed in pinned["seeds"])
+    else:
+        base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        seeds = tuple(base_seed + i for i in range(request.num_images))
+    negative = request.negative_prompt
+    if request.use_default_neg:
+        negative = join_negative(negative, model.default_negative_prompt or settings.default_negative_prompt)
+    job = TextToImageJob(
+        model=model_spec(model, version),
+        prompt=prompt,
+        negative_prompt=pinned.get("negative_prompt", negative),
+        width=int(pinned.get("width", request.width)),
+        height=int(pinned.get("height", request.height)),
+        steps=int(pinned.get("steps", steps)),
+        guidance_scale=float(pinned.get("scale", scale)),
+        scheduler=pinned.get("scheduler", scheduler),
+        seeds=seeds,
+        loras=loras,
+    )
+    resolved: dict[str, Any] = {
+        "seeds": list(job.seeds),
+        "width": job.width,
+        "height": job.height,
+        "steps": job.steps,
+        "scale": job.guidance_scale,
+        "scheduler": job.scheduler,
+        "negative_prompt": job.negative_prompt,
+        "loras": [{"id": lora.id, "version": lora.version, "weight": lora.weight} for lora in job.loras],
+    }
+    if init_image is None:
+        return job, resolved
+    control = (
+        model_extras.controlnet_specs(catalog, model, request.controlnet, request.controlnet_preprocess)
+        if request.controlnet
+        else None
+    )
+    prepared = prepare_image(init_image, job.width, job.height, settings.max_upload_pixels, settings.upload_background)
+    if control is None:
+        return ImageToImageJob(**vars(job), init_image=prepared, strength=request.image_strength), resolved
+    controlnet, annotator = control
+    resolved["controlnet"] = {"id": controlnet.id, "version": controlnet.version}
+    resolved["annotator"] = {"id": annotator.id, "version": annotator.version} if annotator else None
+    control_job = ControlNetJob(
+        **vars(job),
+        control_image=prepared,
+        controlnet=controlnet,
+        annotator=annotator,
+        preprocess=request.controlnet_preprocess,
+    )
+    return control_job, resolved
+
+
 class InferenceService(ServingModule):
     async def generate(
         self, token: TokenInfo, request: InferenceRequest, base_url: str, init_image: bytes | None = None
@@ -65,12 +167,13 @@ class InferenceService(ServingModule):
             )
         if request.controlnet and init_image is None:
             raise InvalidParameter.missing("init_image_file")  # the photo or map a ControlNet follows
-        prompt, lora_weights = model_extras.requested_loras(request)
         model = await to_thread.run_sync(self.catalog.get, request.model_id, Kind.CHECKPOINT)
         version = model.version(request.version)
-        job = await to_thread.run_sync(self._job, request, model, version, prompt, lora_weights, init_image)
+        job, resolved = await to_thread.run_sync(
+            lambda: render_job(self.catalog, self.settings, request, model, version, init_image=init_image)
+        )
         cost = image_cost(self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm)
-        params = {k: v for k, v in asdict(job).items() if k != "model" and not isinstance(v, bytes)}
+        params = params_document(request.model_dump(mode="json"), resolved)
         async with self.lifecycle.charged(token.id, cost, "image", model.id, version.version, params) as inf_id:
             result = await self.engine.submit(job)
             keys = [self.storage.new_key("images", result.extension) for _ in result.images]
@@ -87,64 +190,3 @@ class InferenceService(ServingModule):
             seeds=list(job.seeds),
             control_image=f"{base_url}/files/{control_key}" if control_key else None,
         )
-
-    def _job(
-        self,
-        request: InferenceRequest,
-        model: ModelRecord,
-        version: Version,
-        prompt: str,
-        lora_weights: dict[str, float],
-        init_image: bytes | None,
-    ) -> TextToImageJob:
-        """Resolve defaults, LoRAs, LCM and ControlNet against the catalog; prepare the upload."""
-        loras = model_extras.lora_specs(self.catalog, model, lora_weights)
-        if request.lcm:
-            loras = (*loras, model_extras.lcm_lora(self.catalog, model))
-            steps = request.steps if "steps" in request.model_fields_set else LCM_STEPS
-            scale = request.scale if request.scale is not None else LCM_SCALE
-            scheduler = LCM_SCHEDULER
-        else:
-            steps = request.steps
-            scale = request.scale if request.scale is not None else (model.default_scale or DEFAULT_SCALE)
-            scheduler = request.scheduler or model.default_scheduler or DEFAULT_SCHEDULER
-        control = (
-            model_extras.controlnet_specs(self.catalog, model, request.controlnet, request.controlnet_preprocess)
-            if request.controlnet
-            else None
-        )
-        base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
-        negative = request.negative_prompt
-        if request.use_default_neg:
-            negative = join_negative(negative, model.default_negative_prompt or self.settings.default_negative_prompt)
-        common = dict(
-            model=model_spec(model, version),
-            prompt=prompt,
-            negative_prompt=negative,
-            width=request.width,
-            height=request.height,
-            steps=steps,
-            guidance_scale=scale,
-            scheduler=scheduler,
-            seeds=tuple(base_seed + i for i in range(request.num_images)),
-            loras=loras,
-        )
-        if init_image is None:
-            return TextToImageJob(**common)  # type: ignore[arg-type]
-        prepared = prepare_image(
-            init_image,
-            request.width,
-            request.height,
-            self.settings.max_upload_pixels,
-            self.settings.upload_background,
-        )
-        if control is not None:
-            controlnet, annotator = control
-            return ControlNetJob(
-                **common,  # type: ignore[arg-type]
-                control_image=prepared,
-                controlnet=controlnet,
-                annotator=annotator,
-                preprocess=request.controlnet_preprocess,
-            )
-        return ImageToImageJob(**common, init_image=prepared, strength=request.image_strength)  # type: ignore[arg-type]

@@ -1,6 +1,8 @@
 """Paid work, one way for every endpoint: the credits are taken before the work starts (so
-concurrent requests cannot overspend), the work is recorded, and if anything fails, a refusal by
-the engine, a broken model or a client gone away, the credits go back and the record says why.
+concurrent requests cannot overspend) in the same transaction that records the work, and if
+anything fails, a refusal by the engine, a broken model, a client gone away or a server shutting
+down, the credits go back in the transaction that marks the record failed and says why. Work a
+crash interrupted is failed and refunded when the server next starts (InferenceStore.fail_unfinished).
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ from typing import Any
 from anyio import to_thread
 
 from daguerre.errors import DaguerreError
-from daguerre.services.accounts import AccountService
 from daguerre.services.records import InferenceStore, new_inference_id
 from daguerre.services.storage import Storage
 
 
 class JobLifecycle:
-    def __init__(self, accounts: AccountService, inferences: InferenceStore, storage: Storage) -> None:
-        self.accounts = accounts
+    def __init__(self, inferences: InferenceStore, storage: Storage) -> None:
         self.inferences = inferences
         self.storage = storage
 
@@ -30,12 +30,13 @@ class JobLifecycle:
         """Charge `cost` millicredits and record the work; yields its inference id. The block
         ends with `deliver`; any exception out of it refunds the charge."""
         inf_id = new_inference_id()
-        await to_thread.run_sync(self.accounts.charge, token_id, cost, inf_id)
+        await to_thread.run_sync(self.inferences.open, inf_id, token_id, kind, model_id, version, params, cost)
         try:
-            await to_thread.run_sync(self.inferences.create, inf_id, token_id, kind, model_id, version, params, cost)
             yield inf_id
         except BaseException as exc:
-            await to_thread.run_sync(self._undo, token_id, cost, inf_id, exc)
+            message = exc.message if isinstance(exc, DaguerreError) else type(exc).__name__
+            # Shielded from cancellation by anyio: a cancelled request still refunds.
+            await to_thread.run_sync(self.inferences.fail, inf_id, message)
             raise
 
     async def deliver(self, inf_id: str, files: dict[str, bytes], outputs: list[str]) -> None:
@@ -48,8 +49,3 @@ class JobLifecycle:
             self.inferences.finish(inf_id, outputs)
 
         await to_thread.run_sync(store)
-
-    def _undo(self, token_id: int, cost: int, inf_id: str, exc: BaseException) -> None:
-        message = exc.message if isinstance(exc, DaguerreError) else type(exc).__name__
-        self.accounts.refund(token_id, cost, inf_id, note=message)
-        self.inferences.fail(inf_id, message)

@@ -28,4 +28,4 @@ class ServingModule:
         self.inferences = inferences
         self.storage = storage
         self.engine = engine
-        self.lifecycle = JobLifecycle(accounts, inferences, storage)
+        self.lifecycle = JobLifecycle(inferences, storage)

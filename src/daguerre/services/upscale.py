@@ -8,30 +8,25 @@ the token that made it), the image from storage; the engine gets both as plain d
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from anyio import to_thread
 from PIL import Image
+from pydantic import ValidationError
 
-from daguerre.engine.jobs import (
-    HiresFixJob,
-    Job,
-    LoraSpec,
-    ModelSpec,
-    TextToImageJob,
-    Tiling,
-    UpscaleJob,
-)
+from daguerre.engine.jobs import HiresFixJob, Job, TextToImageJob, Tiling, UpscaleJob
 from daguerre.errors import DaguerreError, InvalidParameter
+from daguerre.protocol.inference import InferenceRequest
 from daguerre.protocol.upscale import HIRES_FIX_SCALE, UpscaleRequest, UpscaleResponse
 from daguerre.services.accounts import TokenInfo, from_milli
-from daguerre.services.catalog import Kind, ModelRecord
-from daguerre.services.inference import model_spec
+from daguerre.services.catalog import CatalogService, Kind, ModelRecord
+from daguerre.services.inference import model_spec, render_job
 from daguerre.services.pricing import hires_fix_cost, upscale_cost
-from daguerre.services.records import InferenceRecord
+from daguerre.services.records import InferenceRecord, params_document
 from daguerre.services.serving import ServingModule
+from daguerre.settings import Settings
 
 
 def pick_upscaler(upscalers: list[ModelRecord], scale: float) -> ModelRecord | None:
@@ -52,14 +47,23 @@ def output_key(source: InferenceRecord, url: str) -> str:
     return key
 
 
-def stored_render(params: dict[str, Any], model: ModelSpec) -> TextToImageJob:
-    """The text-to-image job an inference record was made from: its params are that job's fields
-    (keys the job has since lost are left out)."""
-    known = {f.name for f in fields(TextToImageJob)} - {"model"}
-    values = {k: v for k, v in params.items() if k in known}
-    values["seeds"] = tuple(values["seeds"])
-    values["loras"] = tuple(LoraSpec(**lora) for lora in values.get("loras", ()))
-    return TextToImageJob(model=model, **values)
+def stored_render(
+    catalog: CatalogService, settings: Settings, source: InferenceRecord, seed: int, width: int, height: int
+) -> TextToImageJob:
+    """The text-to-image job of an image inference, rebuilt from its record the way a fresh
+    request is resolved (so fields the engine's jobs gained since get their values as fresh
+    requests do), with the record's resolved values kept and one image's seed at a new size."""
+    model = catalog.get(source.model_id, Kind.CHECKPOINT)
+    version = model.version(source.version)
+    try:
+        request = InferenceRequest.model_validate({**source.request, "access_token": ""})
+    except ValidationError as exc:
+        raise DaguerreError(
+            f"inference {source.id} cannot be re-rendered: its request is not valid on this server: {exc}"
+        ) from None
+    pinned = {**source.resolved, "seeds": [seed], "width": width, "height": height}
+    job, _ = render_job(catalog, settings, request, model, version, pinned)
+    return job
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,9 @@ class _Plan:
     cost: int
     model_id: str
     version: str
-    params: dict[str, Any]
+    width: int
+    height: int
+    resolved: dict[str, Any]
 
 
 class UpscaleService(ServingModule):
@@ -82,7 +88,8 @@ class UpscaleService(ServingModule):
         image = await to_thread.run_sync(self.storage.get, key)
         plan_for = self._plan_hires_fix if request.type == "hires_fix" else self._plan_esrgan
         plan = await to_thread.run_sync(plan_for, request, source, key, image)
-        paid = self.lifecycle.charged(token.id, plan.cost, "upscale", plan.model_id, plan.version, plan.params)
+        params = params_document(request.model_dump(mode="json"), plan.resolved)
+        paid = self.lifecycle.charged(token.id, plan.cost, "upscale", plan.model_id, plan.version, params)
         async with paid as up_id:
             result = await self.engine.submit(plan.job)
             out_key = self.storage.new_key("images", result.extension)
@@ -91,8 +98,8 @@ class UpscaleService(ServingModule):
             output=f"{base_url}/files/{out_key}",
             credit_cost=from_milli(plan.cost),
             inf_id=up_id,
-            width=plan.params["width"],
-            height=plan.params["height"],
+            width=plan.width,
+            height=plan.height,
         )
 
     def _plan_esrgan(self, request: UpscaleRequest, source: InferenceRecord, key: str, image: bytes) -> _Plan:
@@ -106,13 +113,14 @@ class UpscaleService(ServingModule):
                 "`daguerre models add FILE --kind upscaler --title TITLE`"
             )
         version = upscaler.latest
-        params = {"type": "esrgan", "source_inf_id": source.id, "source": key, "scale": request.scale}
         return _Plan(
             job=UpscaleJob(model_spec(upscaler, version), image, out_w, out_h, self.tiling),
             cost=upscale_cost(self.settings.pricing, out_w, out_h),
             model_id=upscaler.id,
             version=version.version,
-            params={**params, "width": out_w, "height": out_h},
+            width=out_w,
+            height=out_h,
+            resolved={"source": key, "width": out_w, "height": out_h},
         )
 
     def _plan_hires_fix(self, request: UpscaleRequest, source: InferenceRecord, key: str, image: bytes) -> _Plan:
@@ -123,32 +131,34 @@ class UpscaleService(ServingModule):
         width, height = _size(image)
         out_w, out_h = width * HIRES_FIX_SCALE, height * HIRES_FIX_SCALE
         self._check_size("type", request.type, out_w, out_h)
-        model = self.catalog.get(source.model_id, Kind.CHECKPOINT)
-        version = model.version(source.version)
-        original = stored_render(source.params, model_spec(model, version))
-        seed = original.seeds[source.outputs.index(key)]
+        seeds = source.resolved.get("seeds")
+        if not seeds:
+            raise DaguerreError(f"inference {source.id} cannot be re-rendered: its record does not say how it was made")
+        seed = int(seeds[source.outputs.index(key)])
+        render = stored_render(self.catalog, self.settings, source, seed, out_w, out_h)
         upscaler = pick_upscaler(self.catalog.list(Kind.UPSCALER), HIRES_FIX_SCALE)
         job = HiresFixJob(
-            render=replace(original, width=out_w, height=out_h, seeds=(seed,)),
+            render=render,
             image=image,
             strength=request.strength,
             upscaler=model_spec(upscaler, upscaler.latest) if upscaler else None,
             tiling=self.tiling,
         )
-        params = {
-            "type": "hires_fix",
-            "source_inf_id": source.id,
+        resolved = {
             "source": key,
-            "strength": request.strength,
             "seed": seed,
-            "upscaler": upscaler.id if upscaler else None,
+            "upscaler": {"id": upscaler.id, "version": upscaler.latest.version} if upscaler else None,
+            "width": out_w,
+            "height": out_h,
         }
         return _Plan(
             job=job,
             cost=hires_fix_cost(self.settings.pricing, out_w, out_h, job.denoising_steps),
-            model_id=model.id,
-            version=version.version,
-            params={**params, "width": out_w, "height": out_h},
+            model_id=source.model_id,
+            version=render.model.version,
+            width=out_w,
+            height=out_h,
+            resolved=resolved,
         )
 
     def _check_size(self, field: str, value: object, width: int, height: int) -> None:

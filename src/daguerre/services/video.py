@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
@@ -26,6 +26,7 @@ from daguerre.services.accounts import TokenInfo, from_milli
 from daguerre.services.catalog import Kind, ModelRecord
 from daguerre.services.inference import model_spec
 from daguerre.services.pricing import video_cost
+from daguerre.services.records import params_document
 from daguerre.services.remote_images import RemoteImages
 from daguerre.services.serving import ServingModule
 
@@ -222,10 +223,19 @@ class VideoService(ServingModule):
         )
         nominal = frame_size(request.resolution, portrait, 1.0)
         cost = video_cost(self.settings.pricing, *nominal, job.num_frames, job.steps)
-        params = {k: v for k, v in asdict(job).items() if k not in ("model", "motion_adapter", "image")}
-        params.update(resolution=request.resolution, image_url=request.image_url)
-        if video.adapter:
-            params["motion_adapter"] = {"id": video.adapter.id, "version": video.adapter.latest.version}
+        resolved = {
+            "architecture": job.architecture,
+            "width": job.width,
+            "height": job.height,
+            "num_frames": job.num_frames,
+            "steps": job.steps,
+            "scale": job.guidance_scale,
+            "seed": job.seed,
+            "motion_adapter": {"id": video.adapter.id, "version": video.adapter.latest.version}
+            if video.adapter
+            else None,
+        }
+        params = params_document(request.model_dump(mode="json"), resolved)
         async with self.lifecycle.charged(token.id, cost, "video", video.model.id, version.version, params) as inf_id:
             result = await self.engine.submit(job)
             key = self.storage.new_key("videos", result.extension)

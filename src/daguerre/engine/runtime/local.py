@@ -3,6 +3,11 @@
 The event loop only waits on futures, so the server keeps answering (health, model lists) while a
 generation runs. Jobs beyond `max_queue` (running plus waiting) are refused at once with
 ServerBusy instead of waiting without bound.
+
+Closing (a SIGTERM, see cli.py) fails the waiting jobs at once, gives the running one
+`shutdown_grace_s` to finish, then fails it too; every failure reaches its request, which refunds
+it. The worker is a daemon thread, so a job that runs on past the grace period cannot keep the
+process alive (ThreadPoolExecutor's threads are joined at interpreter exit).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import asyncio
 import io
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +106,56 @@ class AnimatedKey:
         return f"{self.base.version}+{self.adapter.version}"
 
 
+SHUTTING_DOWN = "the server is shutting down and this request did not start; its credits were refunded"
+STOPPED = (
+    "the server is shutting down and this job did not finish within the grace period "
+    "(setting shutdown_grace_s); its credits were refunded"
+)
+
+
+def _settle(future: Future[Result], result: Result | None = None, error: BaseException | None = None) -> None:
+    # A job failed by close() may still end on the worker later; its outcome then goes nowhere.
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass
+
+
+class _Worker:
+    """One daemon thread and its queue; close() leaves it to finish (or abandon) its last job."""
+
+    def __init__(self, run: Callable[[Job], Result]) -> None:
+        self.queue: deque[tuple[Job, Future[Result]]] = deque()
+        self.running: Future[Result] | None = None
+        self.closing = False
+        self.wakeup = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, args=(run,), name="daguerre-engine", daemon=True)
+        self.thread.start()
+
+    def _loop(self, run: Callable[[Job], Result]) -> None:
+        while True:
+            with self.wakeup:
+                while not self.queue and not self.closing:
+                    self.wakeup.wait()
+                if not self.queue:
+                    return
+                job, future = self.queue.popleft()
+                # False when the request was cancelled (client gone) while the job waited.
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self.running = future
+            try:
+                _settle(future, result=run(job))
+            except BaseException as exc:
+                _settle(future, error=exc)
+            finally:
+                with self.wakeup:
+                    self.running = None
+
+
 class LocalEngine(EngineClient):
     def __init__(
         self,
@@ -113,6 +170,7 @@ class LocalEngine(EngineClient):
         auxiliary_cache_bytes: int | None = None,
         max_loras: int = DEFAULT_MAX_ADAPTERS,
         max_lora_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
+        shutdown_grace_s: float = 30.0,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -129,19 +187,37 @@ class LocalEngine(EngineClient):
         self._max_queue = max_queue
         self._video_cpu_offload = video_cpu_offload
         self._video_vae_tiling = video_vae_tiling
+        self._shutdown_grace_s = shutdown_grace_s
         self._pending = 0
         self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: _Worker | None = None
 
     async def start(self) -> None:
         # Restartable: a stopped engine keeps its model cache and can serve a new app.
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daguerre-engine")
+        if self._worker is None:
+            self._worker = _Worker(self.run)
 
     async def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """Fail the waiting jobs now, let the running one finish within the grace period, then
+        fail it; idempotent, and a second call returns at once."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        with worker.wakeup:
+            worker.closing = True
+            waiting = list(worker.queue)
+            worker.queue.clear()
+            worker.wakeup.notify_all()
+        for _job, future in waiting:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(ServerBusy(SHUTTING_DOWN))
+        await asyncio.to_thread(worker.thread.join, self._shutdown_grace_s)
+        if worker.thread.is_alive():
+            with worker.wakeup:
+                running = worker.running
+            if running is not None:
+                log.warning("a job outlived the shutdown grace period (%ss); failing it", self._shutdown_grace_s)
+                _settle(running, error=ServerBusy(STOPPED))
 
     def status(self) -> EngineStatus:
         resident = tuple(ResidentModel(label(key), size) for key, size in self.cache.resident())
@@ -159,18 +235,26 @@ class LocalEngine(EngineClient):
         )
 
     async def submit(self, job: Job) -> Result:
-        if self._executor is None:
-            raise RuntimeError("engine not started")
+        worker = self._worker
+        if worker is None:
+            raise ServerBusy("the engine is not running (the server is starting or shutting down); try again shortly")
         with self._lock:
             if self._pending >= self._max_queue:
                 raise ServerBusy(
                     f"server busy: {self._pending} jobs are queued (max_queue {self._max_queue}); try again shortly"
                 )
             self._pending += 1
-        future = self._executor.submit(self.run, job)
+        future: Future[Result] = Future()
         # Released when the job ends, not when its caller stops waiting: a request cancelled by a
         # client disconnect still occupies the worker until its job finishes.
         future.add_done_callback(self._release)
+        with worker.wakeup:
+            if worker.closing:
+                future.set_running_or_notify_cancel()
+                future.set_exception(ServerBusy(SHUTTING_DOWN))
+            else:
+                worker.queue.append((job, future))
+                worker.wakeup.notify()
         return await asyncio.wrap_future(future)
 
     def _release(self, _future: object) -> None:
