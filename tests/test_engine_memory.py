@@ -78,10 +78,11 @@ def test_engine_budget_holds_one_tiny_pipeline_and_health_reports_sizes(api: Api
     assert body["memory"]["auxiliary"]["budget_bytes"] > 0
 
     # A budget of 1.5 tiny pipelines keeps one of two resident.
-    size = tiny[0]["bytes"]
-    engine = LocalEngine(cache_dir=tiny_sd15.parent, device="cpu", model_cache_bytes=size * 3 // 2)
+    engine = LocalEngine(cache_dir=tiny_sd15.parent, device="cpu")
     first, second = (ModelSpec(name, "1", str(tiny_sd15), "diffusers", "sd15") for name in ("first", "second"))
-    assert resident_bytes(engine.pipeline(first)) == size
+    size = resident_bytes(engine.pipeline(first))
+    assert [(m.name, m.bytes) for m in engine.status().resident] == [("first@1", size)]
+    engine.cache.budget_bytes = size * 3 // 2
     engine.pipeline(second)
     assert engine.cache.keys() == [second]
     assert engine.status().used_bytes == size

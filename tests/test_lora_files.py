@@ -16,8 +16,7 @@ from daguerre.engine.jobs import ModelSpec
 from daguerre.engine.loading.lora import adapter_tensors
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.probing import UnsupportedModel, inspect_lora
-from tests.adapters import register
-from tests.support.api import Api
+from tests.support.api import Api, register
 
 
 @pytest.fixture(scope="module")
