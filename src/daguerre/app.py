@@ -37,6 +37,10 @@ def default_engine(settings: Settings) -> EngineClient:
         shutdown_grace_s=settings.shutdown_grace_s,
         video_cpu_offload=settings.video.cpu_offload,
         video_vae_tiling=settings.video.vae_tiling,
+        model_cache_bytes=settings.model_cache.max_bytes,
+        auxiliary_cache_bytes=settings.model_cache.auxiliary_max_bytes,
+        max_loras=settings.model_cache.max_loras,
+        max_lora_bytes=settings.model_cache.max_lora_bytes,
     )
 
 

@@ -52,4 +52,11 @@ class ServerBusy(DaguerreError):
 
 
 class GenerationFailed(DaguerreError):
+    """The engine could not produce the result. `error_id`, when set, is also in the server log
+    line that holds the traceback; the message says what failed, never the exception's text."""
+
     status = 500
+
+    def __init__(self, message: str, error_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error_id = error_id

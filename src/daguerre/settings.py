@@ -70,6 +70,27 @@ class RemoteImageSettings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="refuse larger images (decompression bombs)")
 
 
+class ModelCacheSettings(BaseModel):
+    """What the engine keeps resident, in bytes; see the README ("Memory" in "How it is built").
+
+    The byte budgets default to shares of the device's memory (GPU memory on CUDA, system RAM on
+    CPU and MPS), chosen from published fp16 sizes in engine/runtime/local.py: 60% for pipelines
+    (an SD 1.5 pipeline is about 2.1 GB), 10% for ControlNets, annotators and upscalers (an SD 1.5
+    ControlNet is about 0.72 GB). The LoRA bounds are per resident pipeline: an attention LoRA for
+    SD 1.5 holds 273,024 parameters per unit of rank (counted from SD 1.5's layer shapes), so
+    about 17 MB at rank 32 and 70 MB at rank 128 in fp16; 8 of those stay well within 1 GiB.
+    """
+
+    max_bytes: int | None = Field(
+        None, ge=1, description="bytes of resident pipelines; default 60% of the device's memory"
+    )
+    auxiliary_max_bytes: int | None = Field(
+        None, ge=1, description="bytes of resident ControlNets, annotators and upscalers; default 10%"
+    )
+    max_loras: int = Field(8, ge=1, description="LoRA adapters kept loaded in one pipeline")
+    max_lora_bytes: int = Field(1024**3, ge=1, description="bytes of LoRA adapters kept loaded in one pipeline")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DAGUERRE_", env_nested_delimiter="__", extra="ignore")
 
@@ -87,7 +108,9 @@ class Settings(BaseSettings):
 
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    max_loaded_models: int = Field(2, ge=1, description="pipelines kept resident, least recently used evicted")
+    max_loaded_models: int | None = Field(
+        None, ge=1, description="optional cap on the number of resident pipelines, besides model_cache.max_bytes"
+    )
     max_queue: int = Field(32, ge=1, description="jobs waiting or running before 'server busy'")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="on SIGTERM, seconds the running job gets to finish before it is failed and refunded"
@@ -102,6 +125,7 @@ class Settings(BaseSettings):
     upscale: Upscaling = Field(default_factory=Upscaling)
     video: VideoSettings = Field(default_factory=VideoSettings)
     remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
+    model_cache: ModelCacheSettings = Field(default_factory=ModelCacheSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -141,8 +141,23 @@ Result = ImagesResult | VideoResult
 
 
 @dataclass(frozen=True)
+class ResidentModel:
+    name: str  # id@version; an auxiliary model's kind first ("controlnet canny@1")
+    bytes: int  # its tensors, measured once loaded
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     device: str
     dtype: str
     queued: int
     loaded_models: tuple[str, ...]
+    # The model cache (pipelines) and the auxiliary one (ControlNets, annotators, upscalers):
+    # what is resident, least recently used first, and the byte budgets. Shared tensors count once
+    # in used_bytes.
+    resident: tuple[ResidentModel, ...] = ()
+    budget_bytes: int = 0
+    used_bytes: int = 0
+    auxiliary_resident: tuple[ResidentModel, ...] = ()
+    auxiliary_budget_bytes: int = 0
+    auxiliary_used_bytes: int = 0

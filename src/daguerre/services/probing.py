@@ -82,9 +82,32 @@ def inspect_upscaler(path: Path) -> CheckpointInfo:
     return CheckpointInfo("single_file", descriptor.architecture.id.lower(), {"scale": descriptor.scale})
 
 
+# How the tensors a LoRA applies end, in the kohya/A1111 layout, diffusers' own (old and peft
+# names) and DoRA; alphas are scalars of the kohya layout. Anything else (LyCORIS LoHa/LoKr
+# `hada_`/`lokr_` tensors, LoCon's `lora_mid`, stray model weights) would be dropped on load.
+_LORA_TENSOR_ENDINGS = (
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".alpha",
+    ".dora_scale",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora.down.weight",
+    ".lora.up.weight",
+    ".lora_linear_layer.down.weight",
+    ".lora_linear_layer.up.weight",
+    ".lora_magnitude_vector",
+)
+_LORA_PREFIXES = ("lora_unet_", "lora_te_", "unet.", "text_encoder.")
+
+
 def inspect_lora(path: Path) -> CheckpointInfo:
     """A LoRA .safetensors file (or a folder with pytorch_lora_weights.safetensors) in the
-    kohya/A1111 layout (`lora_unet_...`, `lora_te_...`) or the diffusers one (`unet.`, `text_encoder.`)."""
+    kohya/A1111 layout (`lora_unet_...`, `lora_te_...`) or the diffusers one (`unet.`, `text_encoder.`).
+
+    Every tensor must be one a LoRA loader applies to the UNet or the text encoder: a file with
+    others is refused, naming them, since they would be dropped without a word. Whether each one
+    finds its layer is checked again when the engine loads the file against the model."""
     file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
     if file.suffix != ".safetensors" or not file.exists():
         raise UnsupportedModel(f"{path}: expected a LoRA .safetensors file (or a diffusers LoRA folder)")
@@ -97,6 +120,13 @@ def inspect_lora(path: Path) -> CheckpointInfo:
         layout = "diffusers"
     else:
         raise UnsupportedModel(f"{path} is not a LoRA in the kohya/A1111 or diffusers layout")
+    foreign = sorted(k for k in keys if not (k.startswith(_LORA_PREFIXES) and k.endswith(_LORA_TENSOR_ENDINGS)))
+    if foreign:
+        raise UnsupportedModel(
+            f"{path}: {len(foreign)} of its {len(keys)} tensors are not LoRA weights of the UNet or the text "
+            f"encoder that this server applies (e.g. {', '.join(foreign[:3])}); they would be dropped, so the "
+            "file is refused (LyCORIS LoHa/LoKr and LoCon files are not supported)"
+        )
     return CheckpointInfo("diffusers" if path.is_dir() else "single_file", "sd15", {"layout": layout})
 
 

@@ -16,4 +16,16 @@ async def health(request: Request) -> dict[str, object]:
         "dtype": status.dtype,
         "queued": status.queued,
         "loaded_models": list(status.loaded_models),
+        "memory": {
+            "models": {
+                "budget_bytes": status.budget_bytes,
+                "used_bytes": status.used_bytes,
+                "resident": [{"model": m.name, "bytes": m.bytes} for m in status.resident],
+            },
+            "auxiliary": {
+                "budget_bytes": status.auxiliary_budget_bytes,
+                "used_bytes": status.auxiliary_used_bytes,
+                "resident": [{"model": m.name, "bytes": m.bytes} for m in status.auxiliary_resident],
+            },
+        },
     }

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -21,7 +22,20 @@ from PIL import Image
 
 from daguerre.engine.jobs import AuxiliarySpec
 
-Annotator = Callable[[Image.Image], Image.Image]
+Annotate = Callable[[Image.Image], Image.Image]
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """A loaded annotator: the function, and the network it runs (which the auxiliary cache
+    measures against its byte budget)."""
+
+    annotate: Annotate
+    model: torch.nn.Module
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return self.annotate(image)
+
 
 CANNY_THRESHOLDS = (100, 200)
 OPENPOSE_WEIGHTS = "body_pose_model.pth"
@@ -44,7 +58,7 @@ def load_depth(path: str, device: torch.device) -> Annotator:
         depth_map = cast(Image.Image, estimator(image.convert("RGB"))["depth"])
         return depth_map.convert("RGB").resize(image.size, Image.Resampling.BICUBIC)
 
-    return depth
+    return Annotator(depth, estimator.model)
 
 
 def load_openpose(path: str, device: torch.device) -> Annotator:
@@ -53,7 +67,8 @@ def load_openpose(path: str, device: torch.device) -> Annotator:
     from controlnet_aux.open_pose.body import Body
 
     # Body only: OpenposeDetector.to would also move the hand and face networks, which are not loaded.
-    detector = OpenposeDetector(Body(str(Path(path) / OPENPOSE_WEIGHTS)).to(device))
+    body = Body(str(Path(path) / OPENPOSE_WEIGHTS)).to(device)
+    detector = OpenposeDetector(body)
 
     def openpose(image: Image.Image) -> Image.Image:
         resolution = min(DETECT_RESOLUTION, *image.size)
@@ -63,7 +78,7 @@ def load_openpose(path: str, device: torch.device) -> Annotator:
         )
         return pose.resize(image.size, Image.Resampling.NEAREST)
 
-    return openpose
+    return Annotator(openpose, body.model)
 
 
 _LOADERS: dict[str, Callable[[str, torch.device], Annotator]] = {"depth": load_depth, "openpose": load_openpose}

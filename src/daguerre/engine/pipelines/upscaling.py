@@ -23,6 +23,7 @@ from PIL import Image
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedDtypeError
 
 from daguerre.engine.jobs import ModelSpec, Tiling, UpscaleJob
+from daguerre.engine.pipelines.outputs import check_finite
 from daguerre.imaging import encode_png
 
 # A spandrel super-resolution model, whatever its architecture.
@@ -99,6 +100,7 @@ def upscale_tiled(model: Upscaler, image: np.ndarray, tiling: Tiling) -> np.ndar
         for column, x in enumerate(columns):
             pixels = torch.tensor(image[y : y + tile_h, x : x + tile_w]).permute(2, 0, 1).unsqueeze(0)
             output = model(pixels.to(model.device, model.dtype).div_(255))[0].float().cpu()
+            check_finite(output, "upscaling the image")
             weight = row_weights[row][:, None] * column_weights[column][None, :]
             band[:, :, x * scale : (x + tile_w) * scale].addcmul_(output, weight)
     result[band_top:] = _to_uint8(band)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     """frames: uint8 array (frames, height, width, 3); width and height must be even (yuv420p)."""
+    import imageio_ffmpeg  # imported here so that a missing one fails this stage with a clear message
+
     _, height, width, _ = frames.shape
     with tempfile.TemporaryDirectory(prefix="daguerre-video-") as folder:
         path = Path(folder) / "clip.mp4"

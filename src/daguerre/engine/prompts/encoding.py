@@ -78,10 +78,33 @@ def encode_chunks(
     hidden: torch.Tensor = text_encoder(input_ids)[0]  # (chunks, 77, dim), last hidden state
     scale = torch.tensor(weights, device=device, dtype=hidden.dtype).unsqueeze(-1)
     if not torch.all(scale == 1):
-        original_mean = hidden.mean(dim=(1, 2), keepdim=True)
-        hidden = hidden * scale
-        hidden = hidden * (original_mean / hidden.mean(dim=(1, 2), keepdim=True))
+        hidden = _restore_mean(hidden, hidden * scale)
     return hidden.reshape(1, -1, hidden.shape[-1])
+
+
+# The share of a chunk's mean magnitude its mean must reach for A1111's mean restoration to apply.
+MEAN_RESTORE_MIN = 1e-2
+
+
+def _restore_mean(hidden: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
+    """A1111 rescales each weighted chunk so that its mean matches the unweighted one:
+    weighted * (mean before / mean after). That ratio is only meaningful when both means are a
+    sizeable share of the values' magnitude. A text encoder whose final layer norm centres its
+    output gives means near zero (the demo's: about 1e-8 against a mean magnitude of 0.8), and the
+    ratio of two near-zero means is noise, here large enough to overflow to inf and turn the image
+    black. Such chunks keep their weighted values unrescaled, which is how other weighting schemes
+    (compel) always treat them; elsewhere A1111's result is unchanged."""
+    dims = (1, 2)
+    before = hidden.float().mean(dim=dims, keepdim=True)
+    after = weighted.float().mean(dim=dims, keepdim=True)
+    magnitude = weighted.float().abs().mean(dim=dims, keepdim=True)
+    ratio = before / after
+    sound = (
+        torch.isfinite(ratio)
+        & (before.abs() >= MEAN_RESTORE_MIN * magnitude)
+        & (after.abs() >= MEAN_RESTORE_MIN * magnitude)
+    )
+    return torch.where(sound, weighted * ratio.to(weighted.dtype), weighted)
 
 
 def encode_prompt_pair(

@@ -1,43 +1,109 @@
-"""Loaded pipelines, kept resident between requests; the least recently used is evicted.
+"""Loaded models, kept resident between requests within a byte budget; the least recently used
+are evicted to make room.
 
 Loading a checkpoint costs seconds (several images' worth of GPU time), so a request never
-reloads a model that is resident.
+reloads a model that is resident. The budget is in bytes because a count means nothing when a
+2 GB SD 1.5 pipeline and a 40 GB Wan pipeline share one cache. Before a load, entries are evicted
+until the model's estimated size (its files) fits; once loaded it is measured (its tensors), and
+more are evicted if it turned out larger. A model larger than the whole budget is still loaded,
+alone, with a warning: refusing it would make a registered model unusable, and the operator sees
+the warning and the sizes in /health.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, TypeVar, cast
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 
-K = TypeVar("K", bound=Hashable)
-T = TypeVar("T")
+from daguerre.engine.runtime.memory import tensor_footprint
+
+log = logging.getLogger(__name__)
 
 
-class ModelCache(Generic[K]):
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[K, object] = OrderedDict()
+class ModelCache:
+    def __init__(self, budget_bytes: int, capacity: int | None = None, name: str = "model") -> None:
+        self.budget_bytes = budget_bytes
+        self.capacity = capacity  # an optional cap on the number of entries, besides the bytes
+        self.name = name
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._footprints: dict[Hashable, dict[int, int]] = {}
         self.loads = 0  # how many times a loader ran; the tests hold the cache to it
 
-    def get(self, key: K, load: Callable[[], T]) -> T:
+    def get(self, key: Hashable, load: Callable[[], Any], estimate: int = 0) -> Any:
         if key in self._entries:
             self._entries.move_to_end(key)
-            # Each key names one kind of model, always made by the same loader.
-            return cast(T, self._entries[key])
-        while len(self._entries) >= self.capacity:
-            self._entries.popitem(last=False)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            return self._entries[key]
+        self._make_room(estimate, reserve_slot=True)
         value = load()
         self.loads += 1
         self._entries[key] = value
+        self._footprints[key] = tensor_footprint(value)
+        self._make_room(0, reserve_slot=False)
+        size = self.size_of(key)
+        if size > self.budget_bytes:
+            log.warning(
+                "%s %s takes %d bytes, more than the whole %s cache budget of %d bytes; it is resident alone",
+                self.name,
+                label(key),
+                size,
+                self.name,
+                self.budget_bytes,
+            )
         return value
 
-    def __iter__(self) -> Iterator[K]:
-        # A copy: the engine's status is read on the event loop while the worker thread loads.
-        return iter(list(self._entries))
+    def remeasure(self) -> None:
+        """Measure the entries again (a pipeline grows as LoRAs load into it) and evict the least
+        recently used while the total is over the budget."""
+        for key, value in self._entries.items():
+            self._footprints[key] = tensor_footprint(value)
+        self._make_room(0, reserve_slot=False)
+
+    def _make_room(self, incoming: int, reserve_slot: bool) -> None:
+        # The most recent entry is the one being loaded or used; it is never evicted here.
+        protected = 0 if reserve_slot else 1
+        while len(self._entries) > protected:
+            over_count = self.capacity is not None and len(self._entries) + reserve_slot > self.capacity
+            if not over_count and self.used_bytes() + incoming <= self.budget_bytes:
+                return
+            self._evict(next(iter(self._entries)))
+
+    def _evict(self, key: Hashable) -> None:
+        del self._entries[key], self._footprints[key]
+        log.info("%s cache evicted %s", self.name, label(key))
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def size_of(self, key: Hashable) -> int:
+        return sum(self._footprints[key].values())
+
+    def used_bytes(self) -> int:
+        # Tensors shared by two entries are counted once.
+        union: dict[int, int] = {}
+        for footprint in list(self._footprints.values()):
+            union.update(footprint)
+        return sum(union.values())
+
+    def resident(self) -> list[tuple[Hashable, int]]:
+        """(key, bytes) of each entry, least recently used first."""
+        footprints = dict(self._footprints)
+        return [(key, sum(footprints[key].values())) for key in list(self._entries) if key in footprints]
+
+    def keys(self) -> list[Hashable]:
+        return list(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+
+def label(key: Hashable) -> str:
+    """`id@version` for a model spec, with the kind first for auxiliary keys ("controlnet", spec)."""
+    if isinstance(key, tuple):
+        return " ".join(label(part) for part in key)
+    identifier, version = getattr(key, "id", None), getattr(key, "version", None)
+    return f"{identifier}@{version}" if identifier is not None else str(key)
