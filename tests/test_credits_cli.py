@@ -74,7 +74,7 @@ def test_bad_amounts_are_clear_messages(tmp_path: Path, amount: str, message: st
 
 def test_the_account_service_refuses_too_on_its_own(tmp_path: Path) -> None:
     database = open_database(Settings(data_dir=tmp_path))
-    token, info = database.accounts.create_token(credits=2)
+    _, info = database.accounts.create_token(credits=2)
     with pytest.raises(InvalidAmount):
         database.accounts.add_credits(info.id, -2.001)
     with pytest.raises(InvalidAmount):

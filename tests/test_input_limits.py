@@ -199,7 +199,9 @@ def test_a_json_body_over_the_form_limit_is_refused(recorded_api: Api) -> None:
 def test_oversized_bodies_answer_413_with_http_error_status(settings: Settings) -> None:
     strict = settings.model_copy(update={"http_error_status": True})
     with TestClient(create_app(strict, engine=RecordingEngine())) as client:
-        response = client.post("/api/models", content=b"{" + b" " * (MiB + 1), headers={"content-type": "application/json"})
+        response = client.post(
+            "/api/models", content=b"{" + b" " * (MiB + 1), headers={"content-type": "application/json"}
+        )
     assert response.status_code == 413 and response.json()["error_code"] == 1
 
 
@@ -375,7 +377,7 @@ def test_the_quote_follows_lcm_pricing(recorded_api: Api) -> None:
     )
     assert service.check_affordable(poor, cheap) is None
     broke = type(poor)(poor.id, poor.name, poor.prefix, 0.04, poor.created_at)
-    with pytest.raises(DaguerreError, match="needs 0.2, the balance is 0.04"):
+    with pytest.raises(DaguerreError, match=r"needs 0\.2, the balance is 0\.04"):
         service.check_affordable(broke, cheap)
 
 

@@ -64,7 +64,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _routing(request: Request, exc: HTTPException) -> JSONResponse:
-        # Unknown paths and methods are not API answers: they keep their real status.
-        return JSONResponse(ErrorResponse(message=str(exc.detail)).model_dump(), status_code=exc.status_code)
+        # Unknown paths and methods are not API answers: they keep their real status. A /files/ path
+        # no key matches (a newline in it) is a missing file like any other.
+        missing_file = exc.status_code == 404 and request.url.path.startswith("/files/")
+        message = "file not found" if missing_file else str(exc.detail)
+        return JSONResponse(ErrorResponse(message=message).model_dump(), status_code=exc.status_code)
 
     app.add_middleware(CatchUnexpected)
