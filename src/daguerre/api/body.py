@@ -22,7 +22,7 @@ The rule, in order:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,7 @@ class _Reader:
             )
         return PayloadTooLarge(f"the body is over the limit of {self.limit()} bytes")
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self) -> AsyncGenerator[bytes, None]:
         received = 0
         async for chunk in self.request.stream():
             if self.parser is not None and self.token is None:

@@ -103,9 +103,9 @@ def allowed_values(model: type[BaseModel], name: str) -> str:
     low = high = multiple = None
     for meta in info.metadata:
         if isinstance(meta, annotated_types.Ge):
-            low = meta.ge
+            low = typing.cast(float, meta.ge)
         elif isinstance(meta, annotated_types.Le):
-            high = meta.le
+            high = typing.cast(float, meta.le)
         elif isinstance(meta, annotated_types.MultipleOf):
             multiple = meta.multiple_of
     if annotation is bool:

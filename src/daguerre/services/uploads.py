@@ -56,7 +56,7 @@ def prepare_image(data: bytes, width: int, height: int, max_pixels: int, backgro
         with warnings.catch_warnings():
             # Our own pixel limit below is the guard; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise _bad(f"{image.width}x{image.height} is {pixels} pixels, more than the limit of {max_pixels}")
