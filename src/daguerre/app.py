@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from daguerre import __version__
 from daguerre.api.envelope import install_error_handlers
+from daguerre.api.redaction import install_redaction
 from daguerre.api.routes import files, health, inference, models, upscale, video
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
@@ -72,13 +73,14 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         lifespan=lifespan,
     )
     app.state.settings = settings
+    install_error_handlers(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],
     )
-    install_error_handlers(app)
+    install_redaction()
     for module in (inference, models, upscale, video, files, health):
         app.include_router(module.router)
     return app

@@ -102,13 +102,14 @@ def tokens_list(data_dir: DataDir = None) -> None:
     console.print(table)
 
 
-@credits_app.command("add")
+# ignore_unknown_options: a negative amount ("-5") is an argument, not an unknown option.
+@credits_app.command("add", context_settings={"ignore_unknown_options": True})
 def credits_add(
     token: Annotated[str, typer.Argument(help="The token, or its prefix from `tokens list`")],
-    amount: Annotated[float, typer.Argument(help="Credits to add (negative to take away)")],
+    amount: Annotated[float, typer.Argument(help="Credits to add; negative to take away, never below a zero balance")],
     data_dir: DataDir = None,
 ) -> None:
-    """Add credits to a token."""
+    """Add credits to a token, or take them away (`credits add TOKEN -5`)."""
     database = _database(_settings(data_dir))
     try:
         info = database.accounts.find(token)

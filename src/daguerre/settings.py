@@ -120,6 +120,21 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard for init_image_file")
     upload_background: str = Field("white", description="colour transparent uploads are flattened onto")
 
+    # Request limits (README "Errors" and "Reliability"): every body is read no further than these.
+    max_prompt_chars: int = Field(8000, ge=1, description="longest prompt and negative_prompt, in characters")
+    max_form_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="largest JSON or url-encoded body or multipart field, and the most of a body read before "
+        "its access_token is known",
+    )
+    max_form_fields: int = Field(64, ge=1, description="most fields of a multipart body")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest body: an upload and the form fields around it."""
+        return self.max_upload_bytes + self.max_form_bytes
+
     default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     pricing: Pricing = Field(default_factory=Pricing)
     upscale: Upscaling = Field(default_factory=Upscaling)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from daguerre.protocol.fields import Bool, Int, Text
+from daguerre.protocol.fields import Bool, Int, Prompt, Text
 
 SCHEDULERS = ("DPMSolverMultistep", "K_EULER_ANCESTRAL", "DDIM", "K_EULER", "PNDM", "KLMS")
 SchedulerName = Literal["DPMSolverMultistep", "K_EULER_ANCESTRAL", "DDIM", "K_EULER", "PNDM", "KLMS"]
@@ -23,11 +23,11 @@ class InferenceRequest(BaseModel):
 
     access_token: Text = Field(description="Access token")
     model_id: Text = Field(description="Id of an image model from /api/models")
-    prompt: Text = Field(description="A1111 weighting syntax; longer than 77 tokens is fine")
+    prompt: Prompt = Field(description="A1111 weighting syntax; longer than 77 tokens is fine")
     version: Text | None = Field(None, description="Model version; default the latest")
     width: Int = Field(512, ge=128, le=896, multiple_of=8)
     height: Int = Field(768, ge=128, le=896, multiple_of=8)
-    negative_prompt: Text = ""
+    negative_prompt: Prompt = ""
     use_default_neg: Bool = Field(True, description="Append the model's (or server's) default negative prompt")
     steps: Int = Field(30, ge=1, le=50, description="Number of inference steps")
     scale: float | None = Field(None, ge=1, le=20, description="Guidance scale; default the model's, else 7.5")

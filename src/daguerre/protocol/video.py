@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from daguerre.protocol.fields import Int, Text
+from daguerre.protocol.fields import Int, Prompt, Text
 from daguerre.protocol.inference import MAX_SEED
 
 MIN_FPS = 1
@@ -30,7 +30,7 @@ class VideoRequest(BaseModel):
 
     access_token: Text = Field(description="Access token")
     model_id: Text = Field(description="A video model from /api/models (video_models)")
-    prompt: Text = Field(description="What happens in the clip")
+    prompt: Prompt = Field(description="What happens in the clip")
     image_url: Text | None = Field(
         None, description="Required for image-to-video models: the first frame (http or https URL)"
     )
@@ -46,7 +46,7 @@ class VideoRequest(BaseModel):
         "AnimateDiff 16. Wan takes 4k+1 (5, 9, ..., 81), AnimateDiff up to its motion adapter's limit (32)",
     )
     version: Text | None = Field(None, description="Model version; default the latest")
-    negative_prompt: Text = Field("", description="What to keep out of the clip")
+    negative_prompt: Prompt = Field("", description="What to keep out of the clip")
     steps: Int | None = Field(None, ge=1, le=50, description="Denoising steps; default Wan 30, AnimateDiff 25")
     scale: float | None = Field(None, ge=1, le=20, description="Guidance scale; default Wan 5, AnimateDiff 7.5")
     seed: Int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed")

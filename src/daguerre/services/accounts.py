@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,9 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.database import rows_updated
 from daguerre.db.tables import LedgerEntry, Token
-from daguerre.errors import InsufficientCredits, NotFound, Unauthorized
+from daguerre.errors import DaguerreError, InsufficientCredits, NotFound, Unauthorized
 
 MILLI = 1000
+# The most one operator command may add or take away: far beyond any real grant, and far
+# within the integer millicredit column.
+MAX_GRANT = 1e9
 
 
 def to_milli(credits: float) -> int:
@@ -34,6 +38,26 @@ def from_milli(milli: int) -> float:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _is_token_text(token: str) -> bool:
+    # A lone surrogate (JSON can carry one) cannot be encoded, so it cannot be hashed.
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def insufficient(cost: int, balance: int) -> InsufficientCredits:
+    return InsufficientCredits(
+        f"not enough credits: this request needs {from_milli(cost):g}, the balance is {from_milli(balance):g}"
+    )
+
+
+class InvalidAmount(DaguerreError):
+    """An operator's credit amount that is not a finite number within bounds, or more than a
+    balance holds."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,8 @@ class AccountService:
     def authenticate(self, token: str | None) -> TokenInfo:
         if not token:
             raise Unauthorized("access_token is required")
+        if not _is_token_text(token):
+            raise Unauthorized("invalid access_token")
         digest = _hash(token)
         with self._sessions() as session:
             row = session.scalar(select(Token).where(Token.token_hash == digest))
@@ -97,10 +123,39 @@ class AccountService:
             return self._info(row)
 
     def add_credits(self, token_id: int, credits: float, note: str = "operator grant") -> float:
+        """Add credits, or take them away with a negative amount; never below a zero balance
+        (refused, in the same conditional UPDATE as a charge)."""
+        if not math.isfinite(credits) or abs(credits) > MAX_GRANT:
+            raise InvalidAmount(
+                f"the amount must be a number from -{MAX_GRANT:,.0f} to {MAX_GRANT:,.0f}, not {credits!r}"
+            )
+        milli = to_milli(credits)
         with self._sessions.begin() as session:
-            self._grant(session, token_id, to_milli(credits), note)
+            if milli < 0:
+                result = session.execute(
+                    update(Token)
+                    .where(Token.id == token_id, Token.balance >= -milli)
+                    .values(balance=Token.balance + milli)
+                )
+                if result.rowcount != 1:
+                    balance = session.scalar(select(Token.balance).where(Token.id == token_id))
+                    if balance is None:
+                        raise NotFound(f"no token with id {token_id}")
+                    raise InvalidAmount(
+                        f"cannot take {from_milli(-milli):g} credits away: the balance is {from_milli(balance):g}"
+                    )
+                session.add(LedgerEntry(token_id=token_id, kind="grant", delta=milli, note=note))
+            else:
+                self._grant(session, token_id, milli, note)
             balance = session.scalar(select(Token.balance).where(Token.id == token_id))
         return from_milli(balance or 0)
+
+    @staticmethod
+    def check_affordable(token: TokenInfo, cost: int) -> None:
+        """Refuse a request the balance cannot pay before any work is done for it (decoding an
+        upload); the charge itself stays the atomic check."""
+        if to_milli(token.balance) < cost:
+            raise insufficient(cost, to_milli(token.balance))
 
     def charge(self, token_id: int, cost: int, reference: str) -> None:
         """Debit `cost` millicredits or raise InsufficientCredits; never goes below zero."""

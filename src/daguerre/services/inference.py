@@ -206,3 +206,9 @@ class InferenceService(ServingModule):
             seeds=list(job.seeds),
             control_image=f"{base_url}/files/{control_key}" if control_key else None,
         )
+
+    def check_affordable(self, token: TokenInfo, request: InferenceRequest) -> None:
+        """Refuse before the upload is read or decoded when the balance cannot pay the request."""
+        steps = request.steps if not request.lcm or "steps" in request.model_fields_set else LCM_STEPS
+        cost = image_cost(self.settings.pricing, request.width, request.height, steps, request.num_images, request.lcm)
+        self.accounts.check_affordable(token, cost)

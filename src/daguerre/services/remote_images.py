@@ -2,8 +2,8 @@
 network (SSRF).
 
 A URL this server issued (`<its base>/files/<key>`) is read straight from storage. Any other URL
-must be http(s), and every address its host resolves to must be public: not private, loopback,
-link-local, multicast, reserved or unspecified, also inside IPv4-mapped and 6to4 IPv6 addresses.
+must be http(s), and every address its host resolves to must be public by IANA's special-purpose
+address registries (`is_public`), also inside IPv4-mapped, NAT64 and 6to4 IPv6 addresses.
 The connection goes to the vetted address itself (the host name travels in the Host header and
 TLS SNI), so a DNS answer that changes between the check and the connection (rebinding) cannot
 redirect it. Redirects are followed one hop at a time and each hop is checked the same way. The
@@ -45,15 +45,93 @@ async def resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+# IANA's IPv4 and IPv6 Special-Purpose Address Registries
+# (iana.org/assignments/iana-ipv4-special-registry, .../iana-ipv6-special-registry), as data:
+# each block and its "Globally Reachable" column. The interpreter's is_global is not enough: its
+# table varies with the Python release (3.11.7 calls 192.0.0.8, the IPv4 dummy address, global)
+# and it ignores the registry's exceptions the other way (192.0.0.9 and 192.0.0.10 are anycast
+# services inside the non-global 192.0.0.0/24). An address is public when the most specific block
+# holding it is globally reachable, or no block holds it. Blocks the registry marks "N/A"
+# (6to4 relay anycast, Teredo) are treated as not reachable.
+_IPV4_SPECIAL: tuple[tuple[str, bool], ...] = (
+    ("0.0.0.0/8", False),  # "this network"
+    ("10.0.0.0/8", False),  # private use
+    ("100.64.0.0/10", False),  # shared address space (carrier-grade NAT)
+    ("127.0.0.0/8", False),  # loopback
+    ("169.254.0.0/16", False),  # link local
+    ("172.16.0.0/12", False),  # private use
+    ("192.0.0.0/24", False),  # IETF protocol assignments
+    ("192.0.0.0/29", False),  # IPv4 service continuity prefix
+    ("192.0.0.8/32", False),  # IPv4 dummy address
+    ("192.0.0.9/32", True),  # Port Control Protocol anycast
+    ("192.0.0.10/32", True),  # TURN anycast
+    ("192.0.0.170/31", False),  # NAT64/DNS64 discovery (.170 and .171)
+    ("192.0.2.0/24", False),  # documentation (TEST-NET-1)
+    ("192.31.196.0/24", True),  # AS112-v4
+    ("192.52.193.0/24", True),  # AMT
+    ("192.88.99.0/24", False),  # deprecated 6to4 relay anycast ("N/A")
+    ("192.168.0.0/16", False),  # private use
+    ("192.175.48.0/24", True),  # direct delegation AS112 service
+    ("198.18.0.0/15", False),  # benchmarking
+    ("198.51.100.0/24", False),  # documentation (TEST-NET-2)
+    ("203.0.113.0/24", False),  # documentation (TEST-NET-3)
+    ("240.0.0.0/4", False),  # reserved
+    ("255.255.255.255/32", False),  # limited broadcast
+    # Not special-purpose but never a server to fetch from: multicast (IANA's IPv4 multicast registry).
+    ("224.0.0.0/4", False),
+)
+_IPV6_SPECIAL: tuple[tuple[str, bool], ...] = (
+    ("::/128", False),  # unspecified
+    ("::1/128", False),  # loopback
+    ("64:ff9b:1::/48", False),  # IPv4-IPv6 translation, local use
+    ("100::/64", False),  # discard-only
+    ("100:0:0:1::/64", False),  # dummy IPv6 prefix
+    ("2001::/23", False),  # IETF protocol assignments
+    ("2001::/32", False),  # Teredo ("N/A")
+    ("2001:1::1/128", True),  # Port Control Protocol anycast
+    ("2001:1::2/128", True),  # TURN anycast
+    ("2001:1::3/128", True),  # DNS-SD service registration protocol anycast
+    ("2001:2::/48", False),  # benchmarking
+    ("2001:3::/32", True),  # AMT
+    ("2001:4:112::/48", True),  # AS112-v6
+    ("2001:10::/28", False),  # deprecated ORCHID
+    ("2001:20::/28", True),  # ORCHIDv2
+    ("2001:30::/28", True),  # drone remote ID entity tags
+    ("2001:db8::/32", False),  # documentation
+    ("2620:4f:8000::/48", True),  # direct delegation AS112 service
+    ("3fff::/20", False),  # documentation
+    ("5f00::/16", False),  # segment routing SIDs
+    ("fc00::/7", False),  # unique local
+    ("fe80::/10", False),  # link-local unicast
+)
+# IANA's IPv6 address space registry: only 2000::/3 is global unicast; the rest is reserved,
+# unique-local, link-local or multicast. Forms carrying an IPv4 address are judged by that address.
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_SPECIAL: tuple[tuple[_Network, bool], ...] = tuple(
+    (ipaddress.ip_network(block), reachable) for block, reachable in (*_IPV4_SPECIAL, *_IPV6_SPECIAL)
+)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.ipv4_mapped or ip.sixtofour
+
+
 def is_public(address: str) -> bool:
+    """Whether `address` is globally reachable by IANA's special-purpose registries."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is not None and not is_public(str(embedded)):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return is_public(str(embedded))
+        if ip not in _IPV6_GLOBAL_UNICAST:
             return False
-    return ip.is_global and not (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
-    )
+    holding = [(network.prefixlen, reachable) for network, reachable in _SPECIAL if ip in network]
+    return max(holding)[1] if holding else True
 
 
 class RemoteImages:

@@ -6,6 +6,7 @@ Keys carry 192 random bits, so an output URL cannot be guessed; the server serve
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import cast
 
@@ -13,6 +14,9 @@ from fsspec.core import url_to_fs
 
 from daguerre.errors import NotFound
 
+# Path segments of URL-safe base64 letters, the last one with an extension: what new_key makes.
+_KEY = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*(?:\.[A-Za-z0-9]{1,8})?")
+MAX_KEY_LENGTH = 200
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".mp4": "video/mp4"}
 
 
@@ -35,15 +39,16 @@ class Storage:
         try:
             with self._fs.open(self._path(key), "rb") as f:
                 return cast(bytes, f.read())  # fsspec is unannotated
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound("file not found") from None
 
     def exists(self, key: str) -> bool:
         return cast(bool, self._fs.exists(self._path(key)))
 
     def _path(self, key: str) -> str:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts):
+        # Only keys shaped like the ones new_key makes: no "..", NUL, backslash or names too long
+        # for a file system ever reach it, whatever a client puts in a URL.
+        if len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
             raise NotFound("file not found")
         return f"{self._root.rstrip('/')}/{key}"
 

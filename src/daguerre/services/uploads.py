@@ -60,6 +60,10 @@ def prepare_image(data: bytes, width: int, height: int, max_pixels: int, backgro
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise _bad(f"{image.width}x{image.height} is {pixels} pixels, more than the limit of {max_pixels}")
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the target (either
+            # orientation, as EXIF may turn it): a large photo is never decoded at full size.
+            side = max(width, height)
+            image.draft("RGB", (side, side))
             image.load()
     except UnidentifiedImageError:
         raise _bad("not an image Pillow can read (send PNG, JPEG, WebP, ...)") from None
@@ -67,7 +71,18 @@ def prepare_image(data: bytes, width: int, height: int, max_pixels: int, backgro
         raise _bad(f"decompression bomb refused: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise _bad(f"the image could not be decoded, it may be truncated or corrupt ({exc})") from None
+    image = _reduced(image, max(width, height))
     image = ImageOps.exif_transpose(image)
     image = _flatten(image, background)
     image = ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
     return encode_png(image)
+
+
+def _reduced(image: Image.Image, side: int) -> Image.Image:
+    """A large decoded image shrunk by a whole factor (box filter, one small copy) while it still
+    covers twice `side` in its shorter dimension, so the later steps (rotation, flattening, the
+    Lanczos fit) work on a small copy, and the full-size one can be freed at once."""
+    factor = min(image.size) // (2 * side)
+    if factor < 2 or image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        return image
+    return image.reduce(factor)

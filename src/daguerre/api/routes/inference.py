@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from daguerre.api.body import read_fields
-from daguerre.api.dependencies import authenticate, base_url, services
+from daguerre.api.dependencies import base_url, read_request, services
 from daguerre.api.openapi import ERROR_RESPONSES, form_body
 from daguerre.errors import DaguerreError
 from daguerre.protocol.fields import parse
@@ -22,12 +21,15 @@ router = APIRouter()
     summary="Generate images from a prompt, optionally from a base image (img2img, ControlNet)",
 )
 async def inference(request: Request) -> InferenceResponse:
-    fields, files = await read_fields(request)
-    token = await authenticate(request, fields)
-    body = parse(InferenceRequest, fields)
+    token, fields, files = await read_request(request)
+    settings = services(request).settings
+    body = parse(InferenceRequest, fields, settings.max_prompt_chars)
     unknown = sorted(set(files) - {FIELD})
     if unknown:
         raise DaguerreError(f"unexpected file field {', '.join(unknown)}: /api/inference takes one file, {FIELD}")
-    settings = services(request).settings
-    init_image = await read_upload(files[FIELD], settings.max_upload_bytes) if FIELD in files else None
+    init_image = None
+    if FIELD in files:
+        # The price is known from the fields: a caller who cannot pay gets no upload decoded.
+        services(request).inference.check_affordable(token, body)
+        init_image = await read_upload(files[FIELD], settings.max_upload_bytes)
     return await services(request).inference.generate(token, body, base_url(request), init_image)

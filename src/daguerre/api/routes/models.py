@@ -3,8 +3,7 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import APIRouter, Request
 
-from daguerre.api.body import read_fields
-from daguerre.api.dependencies import authenticate, services
+from daguerre.api.dependencies import read_request, services
 from daguerre.api.openapi import ERROR_RESPONSES, form_body
 from daguerre.protocol.models import ModelEntry, ModelsRequest, ModelsResponse
 from daguerre.services.catalog import Kind, ModelRecord
@@ -36,8 +35,7 @@ def entry(model: ModelRecord) -> ModelEntry:
     summary="List the installed image models, LoRAs and video models",
 )
 async def models(request: Request) -> ModelsResponse:
-    fields, _ = await read_fields(request)
-    await authenticate(request, fields)
+    await read_request(request)
     catalog = services(request).catalog
     checkpoints = await to_thread.run_sync(catalog.list, Kind.CHECKPOINT)
     loras = await to_thread.run_sync(catalog.list, Kind.LORA)

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from daguerre.api.body import read_fields
-from daguerre.api.dependencies import authenticate, base_url, services
+from daguerre.api.dependencies import base_url, read_request, services
 from daguerre.api.openapi import ERROR_RESPONSES, form_body
 from daguerre.protocol.fields import parse
 from daguerre.protocol.upscale import UpscaleRequest, UpscaleResponse
@@ -19,7 +18,6 @@ router = APIRouter()
     summary="Upscale an image of an inference: ESRGAN, or a hires fix re-render",
 )
 async def upscale(request: Request) -> UpscaleResponse:
-    fields, _ = await read_fields(request)
-    token = await authenticate(request, fields)
+    token, fields, _ = await read_request(request)
     body = parse(UpscaleRequest, fields)
     return await services(request).upscale.upscale(token, body, base_url(request))

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from daguerre.api.body import read_fields
-from daguerre.api.dependencies import authenticate, base_url, services
+from daguerre.api.dependencies import base_url, read_request, services
 from daguerre.api.openapi import ERROR_RESPONSES, form_body
 from daguerre.errors import DaguerreError
 from daguerre.protocol.fields import parse
@@ -20,9 +19,8 @@ router = APIRouter()
     summary="Generate a video from a prompt, or from an image and a prompt",
 )
 async def video(request: Request) -> VideoResponse:
-    fields, files = await read_fields(request)
-    token = await authenticate(request, fields)
-    body = parse(VideoRequest, fields)
+    token, fields, files = await read_request(request)
+    body = parse(VideoRequest, fields, services(request).settings.max_prompt_chars)
     if files:
         raise DaguerreError(f"/api/video takes the first frame as image_url, not as an upload (got {', '.join(files)})")
     base = base_url(request)
