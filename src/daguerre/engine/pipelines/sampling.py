@@ -5,16 +5,22 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 
+from daguerre.engine.diffusers_classes import (
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
 from daguerre.engine.jobs import TextToImageJob
 from daguerre.engine.pipelines.outputs import to_pil
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.prompts.encoding import encode_prompt_pair
 
-P = TypeVar("P", bound=DiffusionPipeline)
+P = TypeVar("P", StableDiffusionImg2ImgPipeline, StableDiffusionControlNetPipeline)
+Task = StableDiffusionPipeline | StableDiffusionImg2ImgPipeline | StableDiffusionControlNetPipeline
 
 
 def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
@@ -32,14 +38,15 @@ def derive(pipe: StableDiffusionPipeline, cls: type[P], **extra: Any) -> P:
     return derived
 
 
-def sample(task: DiffusionPipeline, schedulers: Schedulers, job: TextToImageJob, **inputs: Any) -> list[Image.Image]:
+def sample(task: Task, schedulers: Schedulers, job: TextToImageJob, **inputs: Any) -> list[Image.Image]:
     """Run `task` with the job's scheduler, A1111-weighted prompts, guidance, steps and one
     generator per image; `inputs` are the task's own (size, init image, strength, control map)."""
     task.scheduler = schedulers.get(job.scheduler)
     prompt_embeds, negative_embeds = encode_prompt_pair(
         job.prompt, job.negative_prompt, task.tokenizer, task.text_encoder, task.device
     )
-    images = task(
+    # diffusers' pipeline calls are untyped; with output_type="np" they give an (N, H, W, 3) array.
+    images: np.ndarray = task(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
         num_inference_steps=job.steps,
