@@ -180,7 +180,7 @@ class LocalEngine(EngineClient):
             auxiliary_cache_bytes = default_budget(self.device, AUXILIARY_CACHE_FRACTION)
         self.cache = ModelCache(model_cache_bytes, max_loaded_models, name="model")
         # ControlNets, annotators and upscalers, apart so that loading one never evicts a checkpoint.
-        self.auxiliaries = ModelCache(auxiliary_cache_bytes, name="auxiliary model")
+        self.auxiliaries = ModelCache(auxiliary_cache_bytes, name="auxiliary")
         self._max_loras = max_loras
         self._max_lora_bytes = max_lora_bytes
         self._cache_dir = cache_dir
