@@ -20,8 +20,10 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from daguerre.app import create_app
+from daguerre.engine.runtime.local import LocalEngine
 from daguerre.engine.runtime.model_cache import ModelCache
 from daguerre.metrics import JsonFormatter
 from daguerre.settings import MetricsSettings, Settings
@@ -79,10 +81,9 @@ def test_requests_are_counted_by_route_template(recorded_api: Api) -> None:
     assert not any("gone" in str(route) or "path-42" in str(route) for route in routes)
 
 
-def test_a_generation_loads_its_model_once(api: Api, tiny_sd15: Path) -> None:
+def test_a_generation_loads_its_model_once(api: Api, engine: LocalEngine, tiny_sd15: Path) -> None:
     # A model id of its own, so that no earlier test of the session has it resident.
     register(api, "checkpoint", tiny_sd15, "metrics-tiny")
-    engine = api.services.engine
     before = scrape(api.client)
     api.infer(model_id="metrics-tiny")
     loaded = scrape(api.client)
@@ -95,7 +96,7 @@ def test_a_generation_loads_its_model_once(api: Api, tiny_sd15: Path) -> None:
     assert moved(before, after, "daguerre_jobs_ended_total", kind="image", status="done") == 2
     assert moved(before, after, "daguerre_jobs_submitted_total", kind="image") == 2
     assert moved(before, after, "daguerre_job_duration_seconds_count", kind="image", status="done") == 2
-    cache = engine.cache  # type: ignore[attr-defined]
+    cache = engine.cache
     assert value(after, "daguerre_model_cache_used_bytes", cache="model") == cache.used_bytes() > 0
     assert value(after, "daguerre_model_cache_budget_bytes", cache="model") == cache.budget_bytes
     assert value(after, "daguerre_model_cache_entries", cache="model") == len(cache.keys())
@@ -146,7 +147,7 @@ def app_with(settings: Settings) -> Iterator[TestClient]:
 
 
 def test_the_metrics_token(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, metrics=MetricsSettings(token="scrape-secret"))
+    settings = Settings(data_dir=tmp_path, metrics=MetricsSettings(token=SecretStr("scrape-secret")))
     with app_with(settings) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic scrape-secret"}):
             response = client.get("/metrics", headers=headers)

@@ -48,7 +48,7 @@ class JobLifecycle:
                 # Shielded from cancellation by anyio: a cancelled request still refunds.
                 if await to_thread.run_sync(self.inferences.fail, inf_id, message):
                     metrics.credits_refunded(cost)
-                # A cancellation is the client going away (or the server stopping the request).
+                # Cancelled: the request was stopped (a shutdown past its grace, a client gone), not failed.
                 status = "cancelled" if isinstance(exc, get_cancelled_exc_class()) else "failed"
                 self._ended(inf_id, kind, status, submitted, message)
                 raise
