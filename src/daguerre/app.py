@@ -12,11 +12,13 @@ import uvicorn
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.config import LOGGING_CONFIG
 
-from daguerre import __version__
+from daguerre import __version__, metrics
 from daguerre.api.envelope import install_error_handlers
 from daguerre.api.redaction import install_redaction
 from daguerre.api.routes import files, health, inference, models, upscale, video
+from daguerre.api.routes import metrics as metrics_route
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
 from daguerre.settings import Settings
@@ -80,6 +82,9 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],
     )
+    if settings.metrics.enabled:
+        app.add_middleware(metrics_route.RequestMetrics)  # last added, outermost: sees every final status
+        app.include_router(metrics_route.router)
     install_redaction()
     for module in (inference, models, upscale, video, files, health):
         app.include_router(module.router)
@@ -105,6 +110,7 @@ class GracefulServer(uvicorn.Server):
                 # Past the engine's own deadline, so requests end through it (refunded) rather
                 # than by uvicorn cancelling them.
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+                log_config=metrics.json_log_config() if settings.log_format == "json" else LOGGING_CONFIG,
             )
         )
         self._app = app

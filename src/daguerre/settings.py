@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -91,6 +91,15 @@ class ModelCacheSettings(BaseModel):
     max_lora_bytes: int = Field(1024**3, ge=1, description="bytes of LoRA adapters kept loaded in one pipeline")
 
 
+class MetricsSettings(BaseModel):
+    """GET /metrics (Prometheus) and the request counting behind it; see the README ("Metrics and logs")."""
+
+    enabled: bool = Field(True, description="serve GET /metrics and count HTTP requests")
+    token: SecretStr | None = Field(
+        None, description="when set, /metrics requires 'Authorization: Bearer <token>'; usually scraped privately"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DAGUERRE_", env_nested_delimiter="__", extra="ignore")
 
@@ -141,6 +150,10 @@ class Settings(BaseSettings):
     video: VideoSettings = Field(default_factory=VideoSettings)
     remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
     model_cache: ModelCacheSettings = Field(default_factory=ModelCacheSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="serve's log lines: uvicorn's text, or one JSON object per line (with the job's inf_id)"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -181,7 +181,7 @@ class LocalEngine(EngineClient):
         self.cache: ModelCache[ModelSpec | AnimatedKey] = ModelCache(model_cache_bytes, max_loaded_models, name="model")
         # ControlNets, annotators and upscalers, apart so that loading one never evicts a checkpoint.
         self.auxiliaries: ModelCache[tuple[str, ModelSpec | AuxiliarySpec]] = ModelCache(
-            auxiliary_cache_bytes, name="auxiliary model"
+            auxiliary_cache_bytes, name="auxiliary"
         )
         self._max_loras = max_loras
         self._max_lora_bytes = max_lora_bytes

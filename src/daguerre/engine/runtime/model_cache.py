@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar, cast
 
 import torch
 
+from daguerre import metrics
 from daguerre.engine.runtime.memory import tensor_footprint
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class ModelCache(Generic[K]):
     def __init__(self, budget_bytes: int, capacity: int | None = None, name: str = "model") -> None:
         self.budget_bytes = budget_bytes
         self.capacity = capacity  # an optional cap on the number of entries, besides the bytes
-        self.name = name
+        self.name = name  # in log lines, and the `cache` label of its metrics
         self._entries: OrderedDict[K, object] = OrderedDict()
         self._footprints: dict[K, dict[int, int]] = {}
         self.loads = 0  # how many times a loader ran; the tests hold the cache to it
@@ -43,11 +45,14 @@ class ModelCache(Generic[K]):
             # Each key names one kind of model, always made by the same loader.
             return cast(T, self._entries[key])
         self._make_room(estimate, reserve_slot=True)
+        started = time.perf_counter()
         value = load()
+        metrics.model_loaded(self.name, time.perf_counter() - started)
         self.loads += 1
         self._entries[key] = value
         self._footprints[key] = tensor_footprint(value)
         self._make_room(0, reserve_slot=False)
+        self._report()
         size = self.size_of(key)
         if size > self.budget_bytes:
             log.warning(
@@ -66,6 +71,7 @@ class ModelCache(Generic[K]):
         for key, value in self._entries.items():
             self._footprints[key] = tensor_footprint(value)
         self._make_room(0, reserve_slot=False)
+        self._report()
 
     def _make_room(self, incoming: int, reserve_slot: bool) -> None:
         # The most recent entry is the one being loaded or used; it is never evicted here.
@@ -79,9 +85,13 @@ class ModelCache(Generic[K]):
     def _evict(self, key: K) -> None:
         del self._entries[key], self._footprints[key]
         log.info("%s cache evicted %s", self.name, label(key))
+        metrics.model_evicted(self.name)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _report(self) -> None:
+        metrics.cache_residency(self.name, self.used_bytes(), self.budget_bytes, len(self._entries))
 
     def size_of(self, key: K) -> int:
         return sum(self._footprints[key].values())
