@@ -60,8 +60,8 @@ def stand_in(names: dict[str, list[str]]) -> Callable[[str, int], list[str]]:
 class World:
     """A database with one token, and webhook services on it (each one a server process's)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        database = open_database(Settings(data_dir=tmp_path))
+    def __init__(self, tmp_path: Path, database_url: str | None = None) -> None:
+        database = open_database(Settings(data_dir=tmp_path, database_url=database_url))
         self.sessions = database.sessions
         self.accounts = AccountService(self.sessions)
         self.token, info = self.accounts.create_token(name="hooks", credits=10)
@@ -377,9 +377,9 @@ def test_tokens_create_prints_the_secret_and_webhook_secret_rotates_it(tmp_path:
     assert failed.exit_code == 1 and "no token matches" in failed.output
 
 
-def test_the_migration_gives_every_existing_token_its_own_secret(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0002")  # tokens as they were before webhooks
+def _old_tokens_migrated(url: str) -> None:
+    """Three tokens and a grant written at revision 0002, before webhooks, then the upgrade."""
+    command.upgrade(alembic_config(url), "0002")
     engine = make_engine(url)
     with engine.begin() as connection:
         for n in range(3):
@@ -387,8 +387,10 @@ def test_the_migration_gives_every_existing_token_its_own_secret(tmp_path: Path)
                 "INSERT INTO tokens (name, token_hash, prefix, balance, created_at) "
                 f"VALUES ('t{n}', '{n:064d}', '{n:08d}', 1000, '2026-01-01 00:00:00')"
             )
-        connection.exec_driver_sql("INSERT INTO ledger (token_id, kind, delta, reference, note, created_at) "
-                                   "VALUES (1, 'grant', 1000, '', '', '2026-01-01 00:00:00')")  # fmt: skip
+        connection.exec_driver_sql(
+            "INSERT INTO ledger (token_id, kind, delta, reference, note, created_at) "
+            "VALUES (1, 'grant', 1000, '', '', '2026-01-01 00:00:00')"
+        )
     migrate(url)
     with session_factory(engine)() as session:
         secrets = session.scalars(select(Token.webhook_secret)).all()
@@ -397,3 +399,26 @@ def test_the_migration_gives_every_existing_token_its_own_secret(tmp_path: Path)
         assert AccountService(session_factory(engine)).ledger(1)[0].credits == 1  # the table kept its rows
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    engine.dispose()
+
+
+def test_the_migration_gives_every_existing_token_its_own_secret(tmp_path: Path) -> None:
+    _old_tokens_migrated(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_migration_and_retried_delivery_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    _old_tokens_migrated(postgres_url)
+    world = World(tmp_path, postgres_url)
+
+    async def scenario() -> None:
+        service = world.service()
+        with webhook_receiver([500, 200]) as receiver:
+            await service.start()
+            await service.job_ended(world.token_id, "pg-job", BODY, url=receiver.url)
+            got = await calls(receiver, 2)
+            attempts = await attempts_settled(service, "pg-job", 2)
+            await service.close()
+        assert all(verified(world.secret, call) == BODY for call in got)
+        assert [a["status_code"] for a in attempts] == [500, 200] and attempts[0]["next_at"] > attempts[0]["at"]
+
+    run(scenario())
