@@ -24,7 +24,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from typer.testing import CliRunner
@@ -291,6 +291,24 @@ def test_job_ended_never_raises(world: World) -> None:
     run(scenario())
 
 
+def test_a_failure_inside_the_server_is_a_failed_attempt_too(world: World) -> None:
+    with world.sessions.begin() as session:  # a secret the signing library refuses
+        session.execute(update(Token).where(Token.id == world.token_id).values(webhook_secret="whsec_"))
+
+    async def scenario() -> None:
+        service = world.service(max_attempts=2)
+        with webhook_receiver() as receiver:
+            await service.start()
+            await service.job_ended(world.token_id, "job1", BODY, url=receiver.url)
+            attempts = await attempts_settled(service, "job1", 2)
+            await asyncio.sleep(0.3)
+            await service.close()
+        assert receiver.calls == [] and len(service.attempts("job1")) == 2
+        assert [a["error"] for a in attempts] == ["internal error (EmptyWebhookSecretError)"] * 2
+
+    run(scenario())
+
+
 def test_the_server_starts_and_stops_the_delivery_loop(tmp_path: Path) -> None:
     """The app's lifespan runs the service; the jobs API reaches it as app.state.services.webhooks."""
     settings = Settings(data_dir=tmp_path, webhooks=WebhookSettings(allow_private_hosts=["127.0.0.1"]))
@@ -300,6 +318,28 @@ def test_the_server_starts_and_stops_the_delivery_loop(tmp_path: Path) -> None:
         client.portal.call(services.webhooks.job_ended, token_id, "job1", BODY, receiver.url)  # type: ignore[union-attr]
         (call,) = receiver.wait_for(1)
         assert verified(services.accounts.webhook_secret(token_id), call) == BODY
+
+
+def test_the_readme_recipe_verifies_a_delivery(world: World) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Webhooks") :]
+    recipe = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    namespace: dict[str, Any] = {}
+    exec(recipe.replace("whsec_...", world.secret), namespace)
+
+    async def scenario() -> None:
+        service = world.service()
+        with webhook_receiver() as receiver:
+            await service.start()
+            await service.job_ended(world.token_id, "job1", BODY, url=receiver.url)
+            (call,) = await calls(receiver, 1)
+            await service.close()
+        receive = namespace["receive"]
+        assert receive(call.body, call.headers) == 204 and receive(call.body, call.headers) == 204
+        assert namespace["seen"] == {call.headers["webhook-id"]}
+        assert receive(call.body.replace(b"done", b"fail"), call.headers) == 401
+
+    run(scenario())
 
 
 # -- the URL check -------------------------------------------------------------------------------

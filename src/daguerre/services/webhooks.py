@@ -286,11 +286,17 @@ class WebhookService:
     async def _attempt(self, item: _Due) -> None:
         try:
             status, error = await self._send(item)
+        except Exception as exc:
+            # Recorded as a failed attempt like any other, so it waits its backoff instead of being
+            # picked again at once.
+            log.exception("webhook delivery %s: attempt %d failed inside the server", item.delivery_id, item.attempt)
+            status, error = None, f"internal error ({type(exc).__name__})"
+        try:
             await to_thread.run_sync(self._record_attempt, item, datetime.now(UTC), status, error)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("webhook delivery %s: attempt %d could not be recorded", item.delivery_id, item.attempt)
+            # Still due in the database: hold its slot a while rather than retry in a tight loop.
+            await asyncio.sleep(_IDLE_S)
 
     async def _send(self, item: _Due) -> tuple[int | None, str | None]:
         """One attempt: the answer's status and, unless it is a 2xx, what went wrong."""
