@@ -3,13 +3,17 @@ money that moves with a record's status (charged once, refunded at most once).""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import secrets
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.app import create_app
 from daguerre.db.database import alembic_config, make_engine, migrate, session_factory
@@ -52,6 +56,20 @@ SAME_REQUEST = {
 }
 
 
+def _token_at_0001(sessions: sessionmaker[Session], credits: float = 0) -> tuple[str, int]:
+    """A token as revision 0001's tokens table holds it (AccountService writes the columns that
+    later revisions added): the token and its id."""
+    token = secrets.token_hex(32)
+    columns = ("name", "token_hash", "prefix", "balance", "created_at")
+    tokens = sa.table("tokens", sa.column("id", sa.Integer), *(sa.column(name) for name in columns))
+    values = ("old", hashlib.sha256(token.encode()).hexdigest(), token[:8], to_milli(credits), sa.func.now())
+    with sessions.begin() as session:
+        token_id = session.execute(
+            sa.insert(tokens).values(dict(zip(columns, values, strict=True))).returning(tokens.c.id)
+        ).scalar_one()
+    return token, token_id
+
+
 def _migration() -> ModuleType:
     spec = importlib.util.spec_from_file_location("migration_0002", MIGRATION)
     assert spec and spec.loader
@@ -68,13 +86,13 @@ def test_an_old_record_is_hires_fixed_after_the_migration(tmp_path: Path, engine
     old_engine = make_engine(url)
     sessions = session_factory(old_engine)
     model = CatalogService(sessions).add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
-    token, info = AccountService(sessions).create_token(credits=100)
+    token, token_id = _token_at_0001(sessions, credits=100)
     old_id = new_inference_id()
     with sessions.begin() as session:
         session.add(
             Inference(
                 id=old_id,
-                token_id=info.id,
+                token_id=token_id,
                 kind="image",
                 status="done",
                 model_id="tiny",
@@ -88,7 +106,7 @@ def test_an_old_record_is_hires_fixed_after_the_migration(tmp_path: Path, engine
 
     with TestClient(create_app(settings, engine=engine), base_url="http://testserver") as client:  # migrates
         api = Api(client, token)
-        record = api.services.inference.inferences.get(old_id, info.id)
+        record = api.services.inference.inferences.get(old_id, token_id)
         assert record.params["schema"] == 2
         assert record.request["prompt"] == "a lighthouse" and record.request["use_default_neg"] is False
         assert record.resolved["seeds"] == [41, 42] and record.resolved["scale"] == 6.5
@@ -107,7 +125,7 @@ def test_an_old_record_is_hires_fixed_after_the_migration(tmp_path: Path, engine
         fresh_fix = api.post("/api/upscale", inf_id=fresh["inf_id"], url=fresh["images"][1], type="hires_fix")
         # The old record re-renders exactly as a fresh one of the same request does.
         assert api.fetch(old_fix["output"]) == api.fetch(fresh_fix["output"])
-        assert api.services.inference.inferences.get(old_fix["inf_id"], info.id).resolved["seed"] == 42
+        assert api.services.inference.inferences.get(old_fix["inf_id"], token_id).resolved["seed"] == 42
 
 
 def test_fresh_records_are_versioned_documents(recorded_api: Api) -> None:
@@ -182,8 +200,8 @@ def _migrate_old_rows(url: str, count: int) -> list[dict[str, object]]:
     command.upgrade(alembic_config(url), "0001")
     database = make_engine(url)
     sessions = session_factory(database)
-    _, info = AccountService(sessions).create_token()
-    row = {"token_id": info.id, "kind": "image", "status": "done", "model_id": "tiny", "version": "1"}
+    _, token_id = _token_at_0001(sessions)
+    row = {"token_id": token_id, "kind": "image", "status": "done", "model_id": "tiny", "version": "1"}
     with sessions.begin() as session:
         session.add_all(Inference(id=f"id{i:05d}", **row, params=OLD_IMAGE_PARAMS) for i in range(count))
     migrate(url)

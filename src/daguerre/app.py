@@ -62,10 +62,12 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         services = build_services(settings, database, engine or default_engine(settings))
         app.state.services = services
         await services.engine.start()
+        await services.webhooks.start()
         try:
             yield
         finally:
             await services.engine.close()
+            await services.webhooks.close()
             database.engine.dispose()
 
     app = FastAPI(

@@ -85,11 +85,29 @@ def tokens_create(
     name: Annotated[str, typer.Option(help="A label for the operator")] = "",
     data_dir: DataDir = None,
 ) -> None:
-    """Create a token; it is printed once, as the last line."""
+    """Create a token; it is printed once, as the last line, after its webhook signing secret."""
     database = _database(_settings(data_dir))
     token, info = database.accounts.create_token(name=name, credits=credits)
     console.print(f"created token {info.prefix}... ({name or 'no name'}) with {info.balance:g} credits")
+    # print, not rich: a long secret must not be wrapped, and scripts read these lines.
+    print(f"webhook secret: {database.accounts.webhook_secret(info.id)}")
     print(token)
+
+
+@tokens_app.command("webhook-secret")
+def tokens_webhook_secret(
+    token: Annotated[str, typer.Argument(help="The token, or its prefix from `tokens list`")],
+    data_dir: DataDir = None,
+) -> None:
+    """Make a new webhook signing secret for a token and print it (the old one stops signing)."""
+    database = _database(_settings(data_dir))
+    try:
+        info = database.accounts.find(token)
+        secret = database.accounts.rotate_webhook_secret(info.id)
+    except DaguerreError as exc:
+        _fail(exc)
+    console.print(f"new webhook secret of token {info.prefix}... (the old one no longer signs):")
+    print(secret)
 
 
 @tokens_app.command("list")

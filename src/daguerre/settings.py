@@ -70,6 +70,27 @@ class RemoteImageSettings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="refuse larger images (decompression bombs)")
 
 
+class WebhookSettings(BaseModel):
+    """Calls to a job's webhook_url; see the README ("Webhooks").
+
+    With the defaults a delivery is tried 6 times: at once, then after about 10, 30, 90, 240 and
+    240 s (each wait `backoff_factor` times the last, at most `max_backoff_s`, jittered by 20%),
+    so the last attempt comes about 10 minutes after the job ended.
+    """
+
+    allow_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names, addresses or networks (CIDR) webhooks may reach even though they are private: "
+        "the operator's own receivers",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="for one attempt: connecting, sending and the answer")
+    max_attempts: int = Field(6, ge=1, le=100, description="attempts before a delivery is given up as failed")
+    initial_backoff_s: float = Field(10.0, gt=0, description="wait after the first failed attempt")
+    backoff_factor: float = Field(3.0, ge=1, description="each further wait is this many times the last")
+    max_backoff_s: float = Field(240.0, gt=0, description="longest wait between two attempts")
+    max_url_chars: int = Field(2048, ge=16, description="longest webhook_url accepted")
+
+
 class ModelCacheSettings(BaseModel):
     """What the engine keeps resident, in bytes; see the README ("Memory" in "How it is built").
 
@@ -154,6 +175,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="serve's log lines: uvicorn's text, or one JSON object per line (with the job's inf_id)"
     )
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @classmethod
     def settings_customise_sources(

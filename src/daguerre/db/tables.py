@@ -37,6 +37,9 @@ class Token(Base):
     prefix: Mapped[str] = mapped_column(String(12))
     # Millicredits: integer arithmetic keeps concurrent debits exact on every database.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Standard Webhooks signing secret ("whsec_" + base64). Stored as it is, not hashed: the server
+    # signs with it. Whoever reads the database can forge this token's webhooks, not spend its credits.
+    webhook_secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -97,3 +100,33 @@ class Inference(Base):
     credit_cost: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class WebhookDelivery(Base):
+    """One job's call to its webhook_url. Pending while `next_at` is set; delivered when
+    `delivered_at` is; given up when neither is (after `attempts` tries)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id header, the same on every retry
+    inf_id: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

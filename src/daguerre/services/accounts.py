@@ -8,6 +8,7 @@ same transaction.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
@@ -38,6 +39,12 @@ def from_milli(milli: int) -> float:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: "whsec_" and the base64 of 32 random bytes (the specification
+    asks for 24 to 64), the form its libraries' `Webhook(secret)` takes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
 def _is_token_text(token: str) -> bool:
@@ -86,7 +93,9 @@ class AccountService:
         """Returns the token (shown once, only its hash is stored) and its record."""
         token = secrets.token_hex(16) + secrets.token_hex(16)
         with self._sessions.begin() as session:
-            row = Token(name=name, token_hash=_hash(token), prefix=token[:8], balance=0)
+            row = Token(
+                name=name, token_hash=_hash(token), prefix=token[:8], balance=0, webhook_secret=new_webhook_secret()
+            )
             session.add(row)
             session.flush()
             if credits:
@@ -121,6 +130,24 @@ class AccountService:
             if row is None:
                 raise NotFound(f"no token matches {token_or_prefix!r}")
             return self._info(row)
+
+    def webhook_secret(self, token_id: int) -> str:
+        """The secret this token's webhooks are signed with; kept as it is (the server signs with
+        it), unlike the token itself."""
+        with self._sessions() as session:
+            secret = session.scalar(select(Token.webhook_secret).where(Token.id == token_id))
+        if secret is None:
+            raise NotFound(f"no token with id {token_id}")
+        return secret
+
+    def rotate_webhook_secret(self, token_id: int) -> str:
+        """A new webhook secret for the token; the old one no longer signs anything, retries of
+        earlier deliveries included."""
+        secret = new_webhook_secret()
+        with self._sessions.begin() as session:
+            if rows_updated(session, update(Token).where(Token.id == token_id).values(webhook_secret=secret)) != 1:
+                raise NotFound(f"no token with id {token_id}")
+        return secret
 
     def add_credits(self, token_id: int, credits: float, note: str = "operator grant") -> float:
         """Add credits, or take them away with a negative amount; never below a zero balance

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.database import make_engine, migrate, session_factory
 from daguerre.engine.client import EngineClient
@@ -16,6 +17,7 @@ from daguerre.services.remote_images import RemoteImages
 from daguerre.services.storage import Storage
 from daguerre.services.upscale import UpscaleService
 from daguerre.services.video import VideoService
+from daguerre.services.webhooks import WebhookService
 from daguerre.settings import Settings
 
 
@@ -25,6 +27,7 @@ class Database:
     accounts: AccountService
     catalog: CatalogService
     inferences: InferenceStore
+    sessions: sessionmaker[Session]
 
 
 def open_database(settings: Settings) -> Database:
@@ -32,7 +35,7 @@ def open_database(settings: Settings) -> Database:
     migrate(url)
     engine = make_engine(url)
     sessions = session_factory(engine)
-    return Database(engine, AccountService(sessions), CatalogService(sessions), InferenceStore(sessions))
+    return Database(engine, AccountService(sessions), CatalogService(sessions), InferenceStore(sessions), sessions)
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Services:
     inference: InferenceService
     upscale: UpscaleService
     video: VideoService
+    webhooks: WebhookService
 
 
 def build_services(settings: Settings, database: Database, engine: EngineClient) -> Services:
@@ -55,4 +59,5 @@ def build_services(settings: Settings, database: Database, engine: EngineClient)
     video = VideoService(
         settings, database.accounts, database.catalog, database.inferences, storage, engine, images=images
     )
-    return Services(settings, database.accounts, database.catalog, storage, engine, inference, upscale, video)
+    webhooks = WebhookService(settings.webhooks, database.sessions)
+    return Services(settings, database.accounts, database.catalog, storage, engine, inference, upscale, video, webhooks)

@@ -134,6 +134,39 @@ def is_public(address: str) -> bool:
     return max(holding)[1] if holding else True
 
 
+def blocked_address(addresses: Iterable[str], allowed: Callable[[str], bool] | None = None) -> str | None:
+    """The first of `addresses` that is neither public nor `allowed` by the operator; None when
+    every one may be connected to. A name is refused when any of its addresses is: the client
+    library could pick any of them."""
+    for address in addresses:
+        if not is_public(address) and not (allowed is not None and allowed(address)):
+            return address
+    return None
+
+
+def vetted_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    address: str,
+    headers: dict[str, str],
+    content: bytes | None = None,
+) -> httpx.Request:
+    """A request for `url` whose connection goes to `address`, the one that was checked, while the
+    host name travels in the Host header and the TLS SNI (and the certificate is verified against
+    it). A DNS answer that changes after the check (rebinding) cannot move the connection.
+    Send it with a client of its own (connections are pooled by the vetted address, and one opened
+    for another host's TLS name must not be reused) that does not follow redirects."""
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return client.build_request(
+        method,
+        url.copy_with(host=address),
+        headers={"Host": url.netloc.decode("ascii"), **headers},
+        content=content,
+        extensions=extensions,
+    )
+
+
 class RemoteImages:
     def __init__(self, settings: RemoteImageSettings, storage: Storage, resolver: Resolver = resolve) -> None:
         self.settings = settings
@@ -191,17 +224,13 @@ class RemoteImages:
             raise refuse(url, f"cannot resolve {url.host} ({exc})") from None
         if not addresses:
             raise refuse(url, f"cannot resolve {url.host}")
-        if not self.settings.allow_private:
-            blocked = [a for a in addresses if not is_public(a)]
-            if blocked:
-                raise refuse(
-                    url,
-                    f"{url.host} is at {blocked[0]}, a private, loopback, link-local or reserved address; "
-                    "this server only fetches from public addresses",
-                )
-        vetted = url.copy_with(host=addresses[0])
-        headers = {"Host": url.netloc.decode("ascii"), "Accept": "image/*"}
-        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        blocked = None if self.settings.allow_private else blocked_address(addresses)
+        if blocked is not None:
+            raise refuse(
+                url,
+                f"{url.host} is at {blocked}, a private, loopback, link-local or reserved address; "
+                "this server only fetches from public addresses",
+            )
         max_bytes = self.settings.max_bytes
         try:
             # A client per hop: connections are keyed by the vetted address, and a pooled one
@@ -209,7 +238,7 @@ class RemoteImages:
             async with httpx.AsyncClient(
                 trust_env=False, follow_redirects=False, timeout=self.settings.timeout_s
             ) as client:
-                request = client.build_request("GET", vetted, headers=headers, extensions=extensions)
+                request = vetted_request(client, "GET", url, addresses[0], {"Accept": "image/*"})
                 response = await client.send(request, stream=True)
                 try:
                     if response.status_code in _REDIRECTS:
