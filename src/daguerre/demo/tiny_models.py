@@ -11,15 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Tokenizer
+
+from daguerre.engine.diffusers_classes import (
     AutoencoderKL,
+    AutoencoderKLWan,
+    ControlNetModel,
+    MotionAdapter,
     PNDMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
+    UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanTransformer3DModel,
 )
-from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
 from daguerre.engine.loading.clip_tokenizer import write_clip_tokenizer
 
 
@@ -86,8 +93,9 @@ def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        # diffusers takes None for both (with requires_safety_checker=False) but annotates them as required.
+        safety_checker=None,  # type: ignore[arg-type]
+        feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -150,10 +158,7 @@ def build_tiny_lora(
     Civitai LoRAs are. `extra_unet_targets` adds UNet layers, e.g. ("proj_in", "proj_out") as
     diffusers' training scripts target them; in the diffusers layout those keep peft's names
     (`proj_in.lora_A`), so the file mixes both naming schemes, as those scripts' files do."""
-    from diffusers.utils import (
-        convert_state_dict_to_diffusers,
-        convert_state_dict_to_kohya,
-    )
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from peft import LoraConfig, get_peft_model_state_dict
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
@@ -192,8 +197,6 @@ def build_tiny_lora(
 def build_tiny_controlnet(pipeline_folder: Path, target: Path, seed: int = 0) -> Path:
     """A ControlNet made from the tiny UNet, as ControlNet training starts; its zero convolutions
     get random weights so that the control map visibly steers the image."""
-    from diffusers import ControlNetModel
-
     unet = UNet2DConditionModel.from_pretrained(pipeline_folder, subfolder="unet", local_files_only=True)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
     torch.manual_seed(seed)
@@ -218,12 +221,11 @@ def build_tiny_depth_annotator(target: Path, seed: int = 0) -> Path:
         hidden_size=16,
         num_hidden_layers=4,
         num_attention_heads=2,
-        intermediate_size=32,
         patch_size=14,
         image_size=56,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
         reshape_hidden_states=False,
     )
+    backbone.out_features = ["stage1", "stage2", "stage3", "stage4"]  # a property, not a config field
     config = DepthAnythingConfig(
         backbone_config=backbone,
         neck_hidden_sizes=[8, 16, 32, 32],
@@ -258,7 +260,7 @@ def build_tiny_openpose_annotator(target: Path, seed: int = 0) -> Path:
     return target
 
 
-def _tiny_t5_tokenizer():  # type: ignore[no-untyped-def]
+def _tiny_t5_tokenizer() -> tuple[T5Tokenizer, int]:
     """A T5-style (Unigram, SentencePiece-like) tokenizer over single characters.
 
     The real UMT5 vocabulary is a 256k-piece SentencePiece model that only a model hub ships; a
@@ -267,7 +269,6 @@ def _tiny_t5_tokenizer():  # type: ignore[no-untyped-def]
     import string
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import T5TokenizerFast
 
     chars = string.ascii_letters + string.digits + string.punctuation
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
@@ -275,7 +276,7 @@ def _tiny_t5_tokenizer():  # type: ignore[no-untyped-def]
     backend = Tokenizer(models.Unigram(pieces, unk_id=2))
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.decoder = decoders.Metaspace()
-    tokenizer = T5TokenizerFast(
+    tokenizer = T5Tokenizer(
         tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
     )
     return tokenizer, len(pieces)
@@ -286,13 +287,6 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
     encoder); same seed, same bytes. rope_max_seq_len stays at the real 1024: smaller values break
     above 512 px.
     """
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanImageToVideoPipeline,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -351,7 +345,7 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
             )
         )
         processor = CLIPImageProcessor(crop_size=32, size=32)
-        pipe = WanImageToVideoPipeline(
+        pipe: WanPipeline | WanImageToVideoPipeline = WanImageToVideoPipeline(
             **common, scheduler=scheduler, image_encoder=image_encoder, image_processor=processor
         )
     else:
@@ -362,8 +356,6 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
 
 def build_tiny_motion_adapter(folder: Path, seed: int = 0) -> Path:
     """Write a tiny random AnimateDiff MotionAdapter that fits the tiny SD 1.5 UNet's widths."""
-    from diffusers import MotionAdapter
-
     torch.manual_seed(seed)
     adapter = MotionAdapter(
         block_out_channels=(16, 32, 64, 64),  # build_tiny_sd15's UNet widths: the modules sit in its blocks

@@ -132,12 +132,12 @@ class AccountService:
         milli = to_milli(credits)
         with self._sessions.begin() as session:
             if milli < 0:
-                result = session.execute(
+                taken = (
                     update(Token)
                     .where(Token.id == token_id, Token.balance >= -milli)
                     .values(balance=Token.balance + milli)
                 )
-                if result.rowcount != 1:
+                if rows_updated(session, taken) != 1:
                     balance = session.scalar(select(Token.balance).where(Token.id == token_id))
                     if balance is None:
                         raise NotFound(f"no token with id {token_id}")

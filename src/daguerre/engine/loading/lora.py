@@ -30,14 +30,15 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.utils.state_dict_utils import DIFFUSERS_TO_PEFT, convert_state_dict, convert_unet_state_dict_to_peft
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.jobs import LoraSpec
 from daguerre.errors import GenerationFailed
 
@@ -97,6 +98,11 @@ def _wrapped_layers(pipe: DiffusionPipeline) -> list[BaseTunerLayer]:
         for module in getattr(pipe, component).modules()
         if isinstance(module, BaseTunerLayer) and _has_adapters(module)
     ]
+
+
+def _base_weight(layer: BaseTunerLayer) -> torch.Tensor:
+    # Module attributes are typed Tensor | Module; the wrapped layers are Linear and Conv2d.
+    return cast(torch.Tensor, layer.get_base_layer().weight)
 
 
 def adapter_tensors(pipe: DiffusionPipeline, name: str) -> list[torch.Tensor]:
@@ -190,7 +196,7 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
     if state.fused:
         pipe.unfuse_lora(components=_COMPONENTS)
         for layer, weight in state.originals.items():
-            layer.get_base_layer().weight.copy_(weight)
+            _base_weight(layer).copy_(weight)
         state.fused = ()
     for spec, name in zip(loras, names, strict=True):
         if name not in state.loaded:
@@ -202,7 +208,7 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
         return
     for layer in _wrapped_layers(pipe):
         if layer not in state.originals:  # base weights are untouched here: nothing is fused
-            state.originals[layer] = layer.get_base_layer().weight.detach().clone()
+            state.originals[layer] = _base_weight(layer).detach().clone()
     pipe.enable_lora()
     pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])
     pipe.fuse_lora(components=_COMPONENTS, adapter_names=names)

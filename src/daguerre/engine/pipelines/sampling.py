@@ -6,16 +6,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 
+from daguerre.engine.diffusers_classes import (
+    DiffusionPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
 from daguerre.engine.jobs import ReportProgress, TextToImageJob
 from daguerre.engine.pipelines.outputs import to_pil
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.prompts.encoding import encode_prompt_pair
 
-P = TypeVar("P", bound=DiffusionPipeline)
+P = TypeVar("P", StableDiffusionImg2ImgPipeline, StableDiffusionControlNetPipeline)
+Task = StableDiffusionPipeline | StableDiffusionImg2ImgPipeline | StableDiffusionControlNetPipeline
 
 
 def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
@@ -51,7 +58,7 @@ def step_callback(progress: ReportProgress | None) -> StepEnd | None:
 
 
 def sample(
-    task: DiffusionPipeline,
+    task: Task,
     schedulers: Schedulers,
     job: TextToImageJob,
     progress: ReportProgress | None = None,
@@ -64,7 +71,8 @@ def sample(
     prompt_embeds, negative_embeds = encode_prompt_pair(
         job.prompt, job.negative_prompt, task.tokenizer, task.text_encoder, task.device
     )
-    images = task(
+    # diffusers' pipeline calls are untyped; with output_type="np" they give an (N, H, W, 3) array.
+    images: np.ndarray = task(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
         num_inference_steps=job.steps,

@@ -8,19 +8,22 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (
+from PIL import Image
+from transformers import CLIPVisionModel
+
+from daguerre.engine.diffusers_classes import (
     AnimateDiffPipeline,
     AutoencoderKLWan,
     DDIMScheduler,
     DiffusionPipeline,
     MotionAdapter,
+    WanImageToVideoPipeline,
+    WanPipeline,
 )
-from PIL import Image
-from transformers import CLIPVisionModel
-
 from daguerre.engine.jobs import ModelSpec, ReportProgress, VideoJob
 from daguerre.engine.pipelines.outputs import check_finite
 from daguerre.engine.pipelines.sampling import seed_generators, step_callback
@@ -30,17 +33,20 @@ from daguerre.engine.runtime.failures import require
 
 def load_wan(
     spec: ModelSpec, device: torch.device, dtype: torch.dtype, cpu_offload: bool, vae_tiling: bool
-) -> DiffusionPipeline:
+) -> WanPipeline | WanImageToVideoPipeline:
     # Wan was trained in bfloat16 and overflows in float16; its VAE and CLIP image encoder are
     # published to run in float32 (their outputs drift visibly in half precision).
     # diffusers' Wan pipelines clean prompts with ftfy, and fail with a NameError without it.
     require("ftfy", f"loading video model {spec.id} (version {spec.version})")
     model_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
-    full = {"dtype": torch.float32, "local_files_only": True}
-    extra = {"vae": AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", **full)}
+    extra: dict[str, torch.nn.Module] = {
+        "vae": AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", dtype=torch.float32, local_files_only=True)
+    }
     index = json.loads((Path(spec.path) / "model_index.json").read_text())
     if (index.get("image_encoder") or [None])[0]:
-        extra["image_encoder"] = CLIPVisionModel.from_pretrained(spec.path, subfolder="image_encoder", **full)
+        extra["image_encoder"] = CLIPVisionModel.from_pretrained(
+            spec.path, subfolder="image_encoder", dtype=torch.float32, local_files_only=True
+        )
     pipe = DiffusionPipeline.from_pretrained(spec.path, dtype=model_dtype, local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
     if cpu_offload and device.type == "cuda":
@@ -51,11 +57,14 @@ def load_wan(
         pipe.to(device)
     if vae_tiling:
         pipe.vae.enable_tiling()
+    if not isinstance(pipe, WanPipeline | WanImageToVideoPipeline):  # model_index.json names the class
+        raise ValueError(f"{spec.path} holds a {type(pipe).__name__}, not a Wan pipeline")
     return pipe
 
 
 def load_motion_adapter(spec: ModelSpec, dtype: torch.dtype) -> MotionAdapter:
-    return MotionAdapter.from_pretrained(spec.path, dtype=dtype, local_files_only=True)
+    adapter: MotionAdapter = MotionAdapter.from_pretrained(spec.path, dtype=dtype, local_files_only=True)
+    return adapter
 
 
 def animatediff_pipeline(sd_pipe: DiffusionPipeline, adapter: MotionAdapter) -> AnimateDiffPipeline:
@@ -63,7 +72,7 @@ def animatediff_pipeline(sd_pipe: DiffusionPipeline, adapter: MotionAdapter) -> 
     (as a UNetMotionModel holding the checkpoint's weights plus the motion modules).
     """
     # from_pipe casts the shared modules to float32 unless given their dtype.
-    pipe = AnimateDiffPipeline.from_pipe(sd_pipe, motion_adapter=adapter, dtype=sd_pipe.unet.dtype)
+    pipe: AnimateDiffPipeline = AnimateDiffPipeline.from_pipe(sd_pipe, motion_adapter=adapter, dtype=sd_pipe.unet.dtype)
     pipe.to(sd_pipe.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -71,11 +80,14 @@ def animatediff_pipeline(sd_pipe: DiffusionPipeline, adapter: MotionAdapter) -> 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
     check_finite(frames, "denoising and decoding the video frames")
-    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    scaled: np.ndarray = (np.clip(frames, 0.0, 1.0) * 255).round()
+    return scaled.astype(np.uint8)
 
 
-def run_wan(pipe: DiffusionPipeline, job: VideoJob, progress: ReportProgress | None = None) -> np.ndarray:
-    kwargs = {}
+def run_wan(
+    pipe: WanPipeline | WanImageToVideoPipeline, job: VideoJob, progress: ReportProgress | None = None
+) -> np.ndarray:
+    kwargs: dict[str, Image.Image] = {}
     if job.image is not None:
         kwargs["image"] = Image.open(io.BytesIO(job.image)).convert("RGB")
     output = pipe(
@@ -95,7 +107,10 @@ def run_wan(pipe: DiffusionPipeline, job: VideoJob, progress: ReportProgress | N
 
 
 def run_animatediff(
-    pipe: AnimateDiffPipeline, base_scheduler_config: dict, job: VideoJob, progress: ReportProgress | None = None
+    pipe: AnimateDiffPipeline,
+    base_scheduler_config: dict[str, Any],
+    job: VideoJob,
+    progress: ReportProgress | None = None,
 ) -> np.ndarray:
     # The motion modules were trained with a linear beta schedule; AnimateDiff's own settings.
     pipe.scheduler = DDIMScheduler.from_config(

@@ -34,11 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from diffusers import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from PIL import Image
-from spandrel import ImageModelDescriptor
 
 from daguerre.engine.client import EngineClient, JobHandle
+from daguerre.engine.diffusers_classes import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from daguerre.engine.jobs import (
     AuxiliarySpec,
     Cancelled,
@@ -80,7 +79,7 @@ from daguerre.engine.pipelines.hires_fix import hires_fix
 from daguerre.engine.pipelines.image_to_image import image_to_image
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.text_to_image import text_to_image
-from daguerre.engine.pipelines.upscaling import load_upscaler, upscale
+from daguerre.engine.pipelines.upscaling import Upscaler, load_upscaler, upscale
 from daguerre.engine.pipelines.video_encoding import encode_mp4
 from daguerre.engine.runtime.devices import pick_device, pick_dtype
 from daguerre.engine.runtime.failures import JobCancelled, new_error_id, stage
@@ -317,9 +316,11 @@ class LocalEngine(EngineClient):
             model_cache_bytes = default_budget(self.device, MODEL_CACHE_FRACTION)
         if auxiliary_cache_bytes is None:
             auxiliary_cache_bytes = default_budget(self.device, AUXILIARY_CACHE_FRACTION)
-        self.cache = ModelCache(model_cache_bytes, max_loaded_models, name="model")
+        self.cache: ModelCache[ModelSpec | AnimatedKey] = ModelCache(model_cache_bytes, max_loaded_models, name="model")
         # ControlNets, annotators and upscalers, apart so that loading one never evicts a checkpoint.
-        self.auxiliaries = ModelCache(auxiliary_cache_bytes, name="auxiliary model")
+        self.auxiliaries: ModelCache[tuple[str, ModelSpec | AuxiliarySpec]] = ModelCache(
+            auxiliary_cache_bytes, name="auxiliary model"
+        )
         self._max_loras = max_loras
         self._max_lora_bytes = max_lora_bytes
         self._cache_dir = cache_dir
@@ -471,7 +472,7 @@ class LocalEngine(EngineClient):
         with stage(f"loading LoRA {names}" if loras else "removing LoRAs"):
             activate_loras(loaded.pipe, loaded.loras, loras)
 
-    def upscaler(self, spec: ModelSpec) -> ImageModelDescriptor:
+    def upscaler(self, spec: ModelSpec) -> Upscaler:
         # With the ControlNets and annotators: small models that must not evict a checkpoint.
         with stage(f"loading upscaler {spec.id} (version {spec.version})"):
             return self.auxiliaries.get(
@@ -480,8 +481,10 @@ class LocalEngine(EngineClient):
 
     def controlnet(self, spec: AuxiliarySpec) -> ControlNetModel:
         def load() -> ControlNetModel:
-            model = ControlNetModel.from_pretrained(spec.path, dtype=self.dtype, local_files_only=True)
-            return model.to(self.device)
+            model: ControlNetModel = ControlNetModel.from_pretrained(spec.path, dtype=self.dtype, local_files_only=True)
+            # typeshed types functools.wraps (ModelMixin.to is wrapped) as an unbound function.
+            model.to(self.device)  # type: ignore[arg-type]
+            return model
 
         with stage(f"loading ControlNet {spec.id} (version {spec.version})"):
             return self.auxiliaries.get(("controlnet", spec), load, estimate_bytes(spec.path))
@@ -531,6 +534,6 @@ class LocalEngine(EngineClient):
             # The new part is a copy of the UNet with the motion modules: about the adapter's files
             # plus the UNet's tensors.
             estimate = estimate_bytes(adapter.path) + resident_bytes(base.pipe.unet)
-            pipe = self.cache.get(AnimatedKey(job.model, adapter), build, estimate)
+            animated = self.cache.get(AnimatedKey(job.model, adapter), build, estimate)
         with stage("denoising the video"):
-            return video.run_animatediff(pipe, base.schedulers.config, job, progress)
+            return video.run_animatediff(animated, base.schedulers.config, job, progress)

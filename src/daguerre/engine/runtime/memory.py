@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
+
+from daguerre.engine.diffusers_classes import DiffusionPipeline
 
 # Suffixes of weight files, for the estimate made before a model is loaded.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")

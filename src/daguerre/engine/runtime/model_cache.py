@@ -15,8 +15,8 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, TypeVar, cast
 
 import torch
 
@@ -24,20 +24,24 @@ from daguerre.engine.runtime.memory import tensor_footprint
 
 log = logging.getLogger(__name__)
 
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
-class ModelCache:
+
+class ModelCache(Generic[K]):
     def __init__(self, budget_bytes: int, capacity: int | None = None, name: str = "model") -> None:
         self.budget_bytes = budget_bytes
         self.capacity = capacity  # an optional cap on the number of entries, besides the bytes
         self.name = name
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self._footprints: dict[Hashable, dict[int, int]] = {}
+        self._entries: OrderedDict[K, object] = OrderedDict()
+        self._footprints: dict[K, dict[int, int]] = {}
         self.loads = 0  # how many times a loader ran; the tests hold the cache to it
 
-    def get(self, key: Hashable, load: Callable[[], Any], estimate: int = 0) -> Any:
+    def get(self, key: K, load: Callable[[], T], estimate: int = 0) -> T:
         if key in self._entries:
             self._entries.move_to_end(key)
-            return self._entries[key]
+            # Each key names one kind of model, always made by the same loader.
+            return cast(T, self._entries[key])
         self._make_room(estimate, reserve_slot=True)
         value = load()
         self.loads += 1
@@ -72,14 +76,14 @@ class ModelCache:
                 return
             self._evict(next(iter(self._entries)))
 
-    def _evict(self, key: Hashable) -> None:
+    def _evict(self, key: K) -> None:
         del self._entries[key], self._footprints[key]
         log.info("%s cache evicted %s", self.name, label(key))
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def size_of(self, key: Hashable) -> int:
+    def size_of(self, key: K) -> int:
         return sum(self._footprints[key].values())
 
     def used_bytes(self) -> int:
@@ -89,13 +93,17 @@ class ModelCache:
             union.update(footprint)
         return sum(union.values())
 
-    def resident(self) -> list[tuple[Hashable, int]]:
+    def resident(self) -> list[tuple[K, int]]:
         """(key, bytes) of each entry, least recently used first."""
         footprints = dict(self._footprints)
         return [(key, sum(footprints[key].values())) for key in list(self._entries) if key in footprints]
 
-    def keys(self) -> list[Hashable]:
+    def keys(self) -> list[K]:
         return list(self._entries)
+
+    def __iter__(self) -> Iterator[K]:
+        # A copy: the engine's status is read on the event loop while the worker thread loads.
+        return iter(list(self._entries))
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
