@@ -137,6 +137,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3) if start is not None and end is not None else None
 
 
+FINAL_ID = "end"
 _CLOSED: tuple[int, str, dict[str, Any]] = (0, "", {})
 FINAL_NAMES = {DONE: "finished", FAILED: "failed", CANCELLED: "cancelled"}
 
@@ -382,14 +383,15 @@ class JobService:
     async def events(
         self, token_id: int, inf_id: str, last_event_id: str | None
     ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
-        """Every event of a job as (id, name, data), after `last_event_id`; ends after the final one.
-        A job that has ended replays its final event (id "end")."""
+        """Every event of a job as (id, name, data), after `last_event_id`; ends after the final
+        one, whose id is always "end". A job that has ended replays its final event, unless the
+        client says it has it (Last-Event-ID: end)."""
         record = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         live = self._live.get(inf_id)
         if live is None:
-            async for event in self._events_without_runner(record, last_event_id):
-                yield event
+            async for replayed in self._events_without_runner(record, last_event_id):
+                yield replayed
             return
         queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
         backlog = [event for event in live.events if event[0] > after]
@@ -401,9 +403,10 @@ class JobService:
                 seq, name, data = await queue.get()
                 if seq == _CLOSED[0]:
                     return
-                yield str(seq), name, data
                 if name in FINAL_NAMES.values():
+                    yield FINAL_ID, name, data
                     return
+                yield str(seq), name, data
         finally:
             live.listeners.remove(queue)
 
@@ -424,8 +427,8 @@ class JobService:
         if record.status in UNFINISHED:
             yield "0", "queued" if record.status == QUEUED else "started", self.status_body(record)
             return
-        if last_event_id != "end":
-            yield "end", FINAL_NAMES[record.status], self.status_body(record)
+        if last_event_id != FINAL_ID:
+            yield FINAL_ID, FINAL_NAMES[record.status], self.status_body(record)
 
     async def recent(self, token_id: int, limit: int, before: str | None) -> dict[str, Any]:
         records = await to_thread.run_sync(self.inferences.recent, token_id, limit + 1, before)
