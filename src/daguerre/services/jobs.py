@@ -330,8 +330,9 @@ class JobService:
 
     # What clients read
 
-    def status_body(self, record: InferenceRecord) -> dict[str, Any]:
-        """GET /api/jobs/{inf_id}'s answer; also the body of final events and webhooks."""
+    def status_body(self, record: InferenceRecord, base_url: str | None = None) -> dict[str, Any]:
+        """GET /api/jobs/{inf_id}'s answer; also the body of final events and webhooks. URLs start
+        with `base_url` (the asking request's), else with the base of the request that made it."""
         live = self._live.get(record.id)
         body: dict[str, Any] = {
             "error_code": 0,
@@ -356,14 +357,14 @@ class JobService:
             body["webhook_url"] = record.webhook_url
             body["webhook_attempts"] = self.webhooks.attempts(record.id) if self.webhooks is not None else []
         if record.status == DONE and record.kind in self.planners:
-            answer = self.planners[record.kind].answer(record, record.base_url)
+            answer = self.planners[record.kind].answer(record, base_url or record.base_url)
             body.update(answer.model_dump(mode="json", exclude_none=True, exclude={"error_code"}))
         return body
 
-    async def status(self, token_id: int, inf_id: str) -> dict[str, Any]:
-        return self.status_body(await to_thread.run_sync(self.inferences.get, inf_id, token_id))
+    async def status(self, token_id: int, inf_id: str, base_url: str | None = None) -> dict[str, Any]:
+        return self.status_body(await to_thread.run_sync(self.inferences.get, inf_id, token_id), base_url)
 
-    async def cancel(self, token_id: int, inf_id: str) -> dict[str, Any]:
+    async def cancel(self, token_id: int, inf_id: str, base_url: str | None = None) -> dict[str, Any]:
         record = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
         if record.status not in UNFINISHED:
             raise CannotCancel(f"inference {inf_id} has already ended ({record.status}); there is nothing to cancel")
@@ -378,10 +379,10 @@ class JobService:
         final = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
         if final.status in UNFINISHED:
             raise CannotCancel(f"inference {inf_id} could not be cancelled")
-        return self.status_body(final)
+        return self.status_body(final, base_url)
 
     async def events(
-        self, token_id: int, inf_id: str, last_event_id: str | None
+        self, token_id: int, inf_id: str, last_event_id: str | None, base_url: str | None = None
     ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
         """Every event of a job as (id, name, data), after `last_event_id`; ends after the final
         one, whose id is always "end". A job that has ended replays its final event, unless the
@@ -390,7 +391,7 @@ class JobService:
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         live = self._live.get(inf_id)
         if live is None:
-            async for replayed in self._events_without_runner(record, last_event_id):
+            async for replayed in self._events_without_runner(record, last_event_id, base_url):
                 yield replayed
             return
         queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
@@ -404,14 +405,14 @@ class JobService:
                 if seq == _CLOSED[0]:
                     return
                 if name in FINAL_NAMES.values():
-                    yield FINAL_ID, name, data
+                    yield FINAL_ID, name, self.status_body(live.record, base_url)
                     return
                 yield str(seq), name, data
         finally:
             live.listeners.remove(queue)
 
     async def _events_without_runner(
-        self, record: InferenceRecord, last_event_id: str | None
+        self, record: InferenceRecord, last_event_id: str | None, base_url: str | None
     ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
         # Ended (or queued, left by a shutdown): one event says where it stands; a final one is
         # replayed unless the client already has it.
@@ -425,17 +426,19 @@ class JobService:
                 return
             record = found
         if record.status in UNFINISHED:
-            yield "0", "queued" if record.status == QUEUED else "started", self.status_body(record)
+            yield "0", "queued" if record.status == QUEUED else "started", self.status_body(record, base_url)
             return
         if last_event_id != FINAL_ID:
-            yield FINAL_ID, FINAL_NAMES[record.status], self.status_body(record)
+            yield FINAL_ID, FINAL_NAMES[record.status], self.status_body(record, base_url)
 
-    async def recent(self, token_id: int, limit: int, before: str | None) -> dict[str, Any]:
+    async def recent(
+        self, token_id: int, limit: int, before: str | None, base_url: str | None = None
+    ) -> dict[str, Any]:
         records = await to_thread.run_sync(self.inferences.recent, token_id, limit + 1, before)
         page = records[:limit]
         return {
             "error_code": 0,
-            "jobs": [self.status_body(record) for record in page],
+            "jobs": [self.status_body(record, base_url) for record in page],
             "next_before": page[-1].id if len(records) > limit else None,
         }
 

@@ -83,7 +83,7 @@ async def _disconnected(request: Request) -> None:
 )
 async def job_status(inf_id: str, request: Request) -> dict[str, Any]:
     token, _, _ = await read_request(request)
-    return await services(request).jobs.status(token.id, inf_id)
+    return await services(request).jobs.status(token.id, inf_id, base_url(request))
 
 
 @router.get(
@@ -96,9 +96,10 @@ async def job_events(inf_id: str, request: Request) -> EventSourceResponse:
     jobs = services(request).jobs
     await jobs.status(token.id, inf_id)  # unknown or another token's: the envelope, before the stream
     last = request.headers.get("last-event-id") or fields.get("last_event_id")
+    base = base_url(request)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event_id, name, data in jobs.events(token.id, inf_id, last):
+        async for event_id, name, data in jobs.events(token.id, inf_id, last, base):
             yield ServerSentEvent(data=json.dumps(data), event=name, id=event_id)
 
     return EventSourceResponse(stream(), ping=PING_S)
@@ -112,7 +113,7 @@ async def job_events(inf_id: str, request: Request) -> EventSourceResponse:
 )
 async def cancel_job(inf_id: str, request: Request) -> dict[str, Any]:
     token, _, _ = await read_request(request)
-    return await services(request).jobs.cancel(token.id, inf_id)
+    return await services(request).jobs.cancel(token.id, inf_id, base_url(request))
 
 
 @router.get(
@@ -124,4 +125,4 @@ async def cancel_job(inf_id: str, request: Request) -> dict[str, Any]:
 async def list_jobs(request: Request) -> dict[str, Any]:
     token, fields, _ = await read_request(request)
     query = parse(JobListQuery, fields)
-    return await services(request).jobs.recent(token.id, query.limit, query.before)
+    return await services(request).jobs.recent(token.id, query.limit, query.before, base_url(request))
