@@ -193,7 +193,7 @@ def test_json_log_lines_carry_the_jobs_inf_id(recorded_api: Api, recorder: Recor
         recorder.fail = True
         recorded_api.infer()
     lines = [json.loads(line) for line in sink.getvalue().splitlines()]
-    ended = [line for line in lines if line["logger"] == "daguerre.services.lifecycle"]
+    ended = [line for line in lines if line["logger"] == "daguerre.services.jobs"]
     assert [line["message"].split()[3] for line in ended] == ["done", "failed"]
     assert ended[0]["inf_id"] == good["inf_id"] in ended[0]["message"] and ended[0]["level"] == "INFO"
     assert len(ended[1]["inf_id"]) == 20 and ended[1]["inf_id"] != good["inf_id"]
@@ -220,5 +220,5 @@ def test_a_json_logging_server(tmp_path: Path) -> None:
     access = [line for line in lines if line["logger"] == "uvicorn.access" and "access_token" in line["path"]]
     assert {"method": "GET", "path": "/health?access_token=***", "status": 200}.items() <= access[0].items()
     assert any(line["logger"] == "uvicorn.error" and "startup complete" in line["message"] for line in lines)
-    ended = [line for line in lines if line["logger"] == "daguerre.services.lifecycle"]
+    ended = [line for line in lines if line["logger"] == "daguerre.services.jobs"]
     assert len(ended) == 1 and ended[0]["inf_id"] == body["inf_id"]

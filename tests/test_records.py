@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -30,6 +31,15 @@ from tests.support.api import Api
 MIGRATION = Path(__file__).parent.parent / "src/daguerre/db/migrations/versions/0002_versioned_params.py"
 
 # What /api/inference stored before 0002: the engine's TextToImageJob as a dict.
+# The inferences table as revision 0001 made it (the ORM class describes the newest schema).
+OLD_INFERENCES = sa.table(
+    "inferences",
+    *(sa.column(name) for name in ("id", "token_id", "kind", "status", "model_id", "version", "credit_cost", "error")),
+    sa.column("params", sa.JSON),
+    sa.column("outputs", sa.JSON),
+    sa.column("created_at", sa.DateTime),
+)
+
 OLD_IMAGE_PARAMS = {
     "prompt": "a lighthouse",
     "negative_prompt": "fog",
@@ -89,17 +99,12 @@ def test_an_old_record_is_hires_fixed_after_the_migration(tmp_path: Path, engine
     token, token_id = _token_at_0001(sessions, credits=100)
     old_id = new_inference_id()
     with sessions.begin() as session:
-        session.add(
-            Inference(
-                id=old_id,
-                token_id=token_id,
-                kind="image",
-                status="done",
-                model_id="tiny",
-                version=model.latest.version,
-                params=OLD_IMAGE_PARAMS,
-                outputs=["images/old-0.png", "images/old-1.png"],
-                credit_cost=100,
+        old_row = {"token_id": token_id, "kind": "image", "status": "done", "model_id": "tiny", "credit_cost": 100}
+        old_row |= {"error": "", "created_at": datetime.now(UTC)}
+        outputs = ["images/old-0.png", "images/old-1.png"]
+        session.execute(
+            OLD_INFERENCES.insert().values(
+                id=old_id, version=model.latest.version, params=OLD_IMAGE_PARAMS, outputs=outputs, **old_row
             )
         )
     old_engine.dispose()
@@ -202,8 +207,11 @@ def _migrate_old_rows(url: str, count: int) -> list[dict[str, object]]:
     sessions = session_factory(database)
     _, token_id = _token_at_0001(sessions)
     row = {"token_id": token_id, "kind": "image", "status": "done", "model_id": "tiny", "version": "1"}
+    row |= {"outputs": [], "credit_cost": 0, "error": "", "created_at": datetime.now(UTC)}
     with sessions.begin() as session:
-        session.add_all(Inference(id=f"id{i:05d}", **row, params=OLD_IMAGE_PARAMS) for i in range(count))
+        session.execute(
+            OLD_INFERENCES.insert(), [{"id": f"id{i:05d}", **row, "params": OLD_IMAGE_PARAMS} for i in range(count)]
+        )
     migrate(url)
     with database.connect() as connection:
         documents = [row.params for row in connection.execute(Inference.__table__.select())]
@@ -236,20 +244,26 @@ def test_a_failure_refunds_once(tmp_path: Path) -> None:
     assert accounts.balance(token_id) == 7
     assert store.fail("one", "broke") is True
     assert store.fail("one", "broke again") is False
-    assert store.fail_unfinished() == []
+    assert store.recover() == []
     assert accounts.balance(token_id) == 10
     assert [row.kind for row in accounts.ledger(token_id)] == ["grant", "charge", "refund"]
     with pytest.raises(DaguerreError, match="stopped before it could be delivered"):
         store.finish("one", ["images/x.png"])
 
 
-def test_unfinished_work_is_failed_and_refunded_exactly_once(tmp_path: Path) -> None:
+def test_work_interrupted_twice_is_failed_and_refunded_exactly_once(tmp_path: Path) -> None:
     store, accounts, token_id = _store(tmp_path)
     store.open("running", token_id, "image", "tiny", "1", {}, to_milli(2))
     store.open("done", token_id, "image", "tiny", "1", {}, to_milli(1))
+    store.start("done")
     store.finish("done", ["images/d.png"])
-    assert store.fail_unfinished() == ["running"]
-    assert store.fail_unfinished() == []  # a second restart refunds nothing more
+    assert store.start("running")
+    # The first restart queues it again, to run once more; the second (it started again) gives up.
+    assert [record.id for record in store.recover()] == ["running"]
+    assert store.get("running", token_id).status == "queued" and accounts.balance(token_id) == 7
+    assert store.start("running")
+    assert store.recover() == []
+    assert store.recover() == []  # a third restart refunds nothing more
     assert accounts.balance(token_id) == 9
     record = store.get("running", token_id)
     assert record.status == "failed" and record.error == INTERRUPTED and record.credit_cost == 0

@@ -9,7 +9,7 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from daguerre.engine.jobs import TextToImageJob
+from daguerre.engine.jobs import Finished, TextToImageJob
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.errors import ServerBusy
 from daguerre.services.inference import model_spec
@@ -21,14 +21,22 @@ def test_a_full_queue_answers_busy_at_once(api: Api, engine: LocalEngine) -> Non
     job = TextToImageJob(model_spec(model, model.latest), "p", "", 128, 128, 4, 7.5, "DDIM", (1,))
     engine_limit, engine._max_queue = engine._max_queue, 1
 
-    async def two_at_once() -> list[object]:
-        return await asyncio.gather(engine.submit(job), engine.submit(job), return_exceptions=True)
+    async def two_at_once() -> tuple[object, object]:
+        await engine.start()
+        first = await engine.submit("first", job, "a")
+        try:
+            await engine.submit("second", job, "a")
+        except ServerBusy as exc:
+            second: object = exc
+        events = [event async for event in first.events()]
+        await engine.close()
+        return events[-1], second
 
     try:
         first, second = asyncio.run(two_at_once())
     finally:
         engine._max_queue = engine_limit
-    assert first.images and isinstance(second, ServerBusy)
+    assert isinstance(first, Finished) and isinstance(second, ServerBusy)
     assert "server busy" in second.message
 
 

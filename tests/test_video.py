@@ -21,14 +21,14 @@ from typer.testing import CliRunner
 
 from daguerre.cli import app as cli
 from daguerre.demo.install import install_demo
-from daguerre.engine.jobs import VideoJob, VideoResult
-from daguerre.errors import GenerationFailed
+from daguerre.engine.client import JobHandle
+from daguerre.engine.jobs import Failed, Finished, Queued, Started, VideoJob, VideoResult
 from daguerre.services.catalog import Kind
 from daguerre.services.pricing import video_cost
 from daguerre.services.probing import UnsupportedModel, inspect_model
 from daguerre.services.video import frame_size
 from daguerre.settings import Pricing, RemoteImageSettings, Settings
-from tests.support.api import Api, register
+from tests.support.api import Api, answered, register
 from tests.support.images import solid_png
 from tests.support.video import FAST, probe, video
 
@@ -132,11 +132,11 @@ def test_animatediff_animates_an_image_model(vapi: Api) -> None:
 def jobs(vapi: Api, monkeypatch: pytest.MonkeyPatch) -> list[VideoJob]:
     seen: list[VideoJob] = []
 
-    async def submit(job: VideoJob) -> VideoResult:
+    async def submit(job_id: str, job: VideoJob, owner: str, *, readmitted: bool = False) -> JobHandle:
         seen.append(job)
-        return VideoResult(b"not really an mp4")
+        return answered(job_id, [Queued(0), Started(), Finished(VideoResult(b"not really an mp4"))])
 
-    monkeypatch.setattr(vapi.services.video.engine, "submit", submit)
+    monkeypatch.setattr(vapi.services.engine, "submit", submit)
     return seen
 
 
@@ -251,10 +251,10 @@ def test_failed_work_is_refunded(vapi: Api, tiny_video_models: dict[str, Path], 
 
 
 def test_engine_failure_after_charge_is_refunded(vapi: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def fail(job: VideoJob) -> VideoResult:
-        raise GenerationFailed("generation failed: out of memory")
+    async def fail(job_id: str, job: VideoJob, owner: str, *, readmitted: bool = False) -> JobHandle:
+        return answered(job_id, [Queued(0), Started(), Failed("generation failed: out of memory")])
 
-    monkeypatch.setattr(vapi.services.video.engine, "submit", fail)
+    monkeypatch.setattr(vapi.services.engine, "submit", fail)
     before = vapi.balance()
     body = video(vapi)
     error(body, "out of memory")

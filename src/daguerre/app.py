@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.config import LOGGING_CONFIG
@@ -17,7 +16,7 @@ from uvicorn.config import LOGGING_CONFIG
 from daguerre import __version__, metrics
 from daguerre.api.envelope import install_error_handlers
 from daguerre.api.redaction import install_redaction
-from daguerre.api.routes import files, health, inference, models, upscale, video
+from daguerre.api.routes import files, health, inference, jobs, models, upscale, video
 from daguerre.api.routes import metrics as metrics_route
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
@@ -53,20 +52,19 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = open_database(settings)
-        # Work still running in the database was interrupted by a crash or a kill: fail and refund
-        # it before serving, so no credit stays held. (One server owns its database; see
-        # InferenceStore.fail_unfinished for what several gateways on one database would need.)
-        interrupted = await to_thread.run_sync(database.inferences.fail_unfinished)
-        if interrupted:
-            log.warning("refunded %d inference(s) interrupted by the last shutdown: %s", len(interrupted), interrupted)
         services = build_services(settings, database, engine or default_engine(settings))
         app.state.services = services
         await services.engine.start()
         await services.webhooks.start()
+        # Jobs the last server left unfinished run now, in their order, before anything new (see
+        # InferenceStore.recover; one server owns its database).
+        resumed = await services.jobs.recover()
+        if resumed:
+            log.warning("resumed %d job(s) left unfinished by the last shutdown: %s", len(resumed), resumed)
         try:
             yield
         finally:
-            await services.engine.close()
+            await services.jobs.close()
             await services.webhooks.close()
             database.engine.dispose()
 
@@ -88,18 +86,19 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         app.add_middleware(metrics_route.RequestMetrics)  # last added, outermost: sees every final status
         app.include_router(metrics_route.router)
     install_redaction()
-    for module in (inference, models, upscale, video, files, health):
+    for module in (inference, models, upscale, video, jobs, files, health):
         app.include_router(module.router)
     return app
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn, closing the engine the moment shutdown begins (SIGTERM, Ctrl+C).
+    """uvicorn, closing the jobs the moment shutdown begins (SIGTERM, Ctrl+C).
 
     uvicorn stops accepting, then waits for in-flight requests before the app's lifespan shutdown;
-    requests queued behind a running job would run to the end in that wait. Closing the engine
-    first fails them at once (their credits go back), and fails the running job too if it is not
-    done within `shutdown_grace_s`, so every request ends, refunded or delivered, before exit.
+    requests queued behind a running job would run to the end in that wait. Closing the jobs first
+    fails the waiting requests' jobs at once (their credits go back; jobs nobody waits for stay
+    queued for the next start), and fails the running job too if it is not done within
+    `shutdown_grace_s`, so every request ends, refunded or delivered, before exit.
     """
 
     def __init__(self, app: FastAPI, settings: Settings) -> None:
@@ -119,7 +118,7 @@ class GracefulServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         services = getattr(self._app.state, "services", None)
-        closing = asyncio.create_task(services.engine.close()) if services is not None else None
+        closing = asyncio.create_task(services.jobs.close()) if services is not None else None
         await super().shutdown(sockets)
         if closing is not None:
             await closing

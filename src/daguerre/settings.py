@@ -142,6 +142,15 @@ class Settings(BaseSettings):
         None, ge=1, description="optional cap on the number of resident pipelines, besides model_cache.max_bytes"
     )
     max_queue: int = Field(32, ge=1, description="jobs waiting or running before 'server busy'")
+    # Jobs (README "Async jobs, progress and cancel").
+    max_queued_per_token: int = Field(
+        10, ge=1, description="jobs one token may have queued or running; more are refused before any charge"
+    )
+    keep_running_on_disconnect: bool = Field(
+        False,
+        description="a synchronous request whose client disconnects keeps its job running (and charged); "
+        "by default the job is cancelled and refunded",
+    )
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="on SIGTERM, seconds the running job gets to finish before it is failed and refunded"
     )

@@ -10,9 +10,20 @@ from typing import Any
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from daguerre.engine.client import EngineClient
-from daguerre.engine.jobs import EngineStatus, ImagesResult
-from daguerre.errors import GenerationFailed
+from daguerre.engine.client import EngineClient, JobHandle
+from daguerre.engine.jobs import (
+    EngineStatus,
+    Failed,
+    Finished,
+    ImagesResult,
+    Job,
+    JobEvent,
+    Queued,
+    Result,
+    Started,
+    VideoJob,
+    VideoResult,
+)
 from daguerre.services.catalog import Format, Kind, ModelRecord, NewModel
 from daguerre.services.container import Services
 from daguerre.services.probing import inspect_model
@@ -81,10 +92,27 @@ def register(api: Api, kind: str, path: Path, model_id: str, family: str | None 
     )
 
 
+def answered(job_id: str, events: list[JobEvent]) -> JobHandle:
+    """A handle that has already received `events`: what an engine that answers at once gives."""
+    handle = JobHandle(job_id, lambda _job_id: False)
+    for event in events:
+        handle.push(event)
+    return handle
+
+
+def fake_result(job: Job) -> Result:
+    """1x1 PNGs, one per seed (one for upscales), or a few bytes standing for an MP4."""
+    if isinstance(job, VideoJob):
+        return VideoResult(b"not really an mp4")
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    return ImagesResult(tuple(buffer.getvalue() for _ in getattr(job, "seeds", (0,))))
+
+
 class RecordingEngine(EngineClient):
-    """Records the jobs it is given and answers with 1x1 PNGs: for tests of what the HTTP and
-    service layers send to the engine (defaults, model settings) at sizes too slow to render on a
-    CPU. Generation itself is tested against the real engine."""
+    """Records the jobs it is given and answers at once with fake results: for tests of what the
+    HTTP and service layers send to the engine (defaults, model settings) at sizes too slow to
+    render on a CPU. Generation itself is tested against the real engine."""
 
     def __init__(self, fail: bool = False) -> None:
         self.jobs: list[Any] = []
@@ -93,16 +121,18 @@ class RecordingEngine(EngineClient):
     async def start(self) -> None:
         return None
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float | None = None) -> None:
         return None
 
-    def status(self) -> EngineStatus:
+    async def health(self) -> EngineStatus:
         return EngineStatus(device="none", dtype="none", queued=0, loaded_models=())
 
-    async def submit(self, job: Any) -> ImagesResult:
+    def cancel(self, job_id: str) -> bool:
+        return False
+
+    async def submit(self, job_id: str, job: Job, owner: str, *, readmitted: bool = False) -> JobHandle:
         self.jobs.append(job)
-        if self.fail:
-            raise GenerationFailed("generation failed: the engine broke on purpose")
-        buffer = io.BytesIO()
-        Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-        return ImagesResult(tuple(buffer.getvalue() for _ in job.seeds))
+        final: JobEvent = (
+            Failed("generation failed: the engine broke on purpose") if self.fail else Finished(fake_result(job))
+        )
+        return answered(job_id, [Queued(0), Started(), final])

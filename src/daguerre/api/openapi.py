@@ -11,8 +11,15 @@ from pydantic import BaseModel
 from daguerre.protocol.errors import ErrorResponse
 
 
-def form_body(model: type[BaseModel], files: dict[str, str] | None = None) -> dict[str, Any]:
+def form_body(
+    model: type[BaseModel], files: dict[str, str] | None = None, options: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """The body of `model` in the three encodings; `options` adds the fields of a second model
+    (the job options every POST endpoint takes)."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    if options is not None:
+        extra = options.model_json_schema(ref_template="#/components/schemas/{model}")
+        schema = {**schema, "properties": {**schema.get("properties", {}), **extra.get("properties", {})}}
     multipart = {**schema, "properties": {**schema.get("properties", {})}}
     for name, description in (files or {}).items():
         multipart["properties"][name] = {"type": "string", "format": "binary", "description": description}

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -87,12 +88,14 @@ class ModelVersion(Base):
 
 
 class Inference(Base):
+    """A job: its request, charge, state and outputs (services/records.py; migration 0003)."""
+
     __tablename__ = "inferences"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # image | upscale | video
-    status: Mapped[str] = mapped_column(String(16))  # running | done | failed
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed | cancelled
     model_id: Mapped[str] = mapped_column(String(64), default="")
     version: Mapped[str] = mapped_column(String(64), default="")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -100,6 +103,20 @@ class Inference(Base):
     credit_cost: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # Times it started: a job a crash interrupted runs once more, then fails.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The base of the URLs in its answer (the public_url setting, else the request's host).
+    base_url: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Storage keys by role besides the outputs: inputs a restart needs (init_image, first_frame)
+    # and extra outputs (control_image).
+    files: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+
+    __table_args__ = (Index("ix_inferences_token_created", "token_id", "created_at"),)
 
 
 class WebhookDelivery(Base):

@@ -4,6 +4,7 @@ to an in-process engine today and to remote GPU workers (Ray Serve) later.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -150,7 +151,7 @@ class ResidentModel:
 class EngineStatus:
     device: str
     dtype: str
-    queued: int
+    queued: int  # jobs running or waiting
     loaded_models: tuple[str, ...]
     # The model cache (pipelines) and the auxiliary one (ControlNets, annotators, upscalers):
     # what is resident, least recently used first, and the byte budgets. Shared tensors count once
@@ -161,3 +162,50 @@ class EngineStatus:
     auxiliary_resident: tuple[ResidentModel, ...] = ()
     auxiliary_budget_bytes: int = 0
     auxiliary_used_bytes: int = 0
+    waiting: int = 0  # of `queued`, jobs waiting for the worker
+
+
+# What a job tells its submitter, in order: Queued (on admission, then whenever its place
+# changes), Started, Progress (per denoising step or upscaled tile), then exactly one final event:
+# Finished, Failed or Cancelled. Plain data, so a remote replica can stream them.
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int  # jobs that start before this one, the running one included (0: next)
+
+
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # steps or tiles done, of `total`, in the current stage
+    total: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: Result
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str  # what a client may read: the stage that failed, never exception text
+    error_id: str | None = None  # also in the server log line with the traceback
+    status: int = 500  # the HTTP status of the error (503 when the server is shutting down)
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    reason: str
+
+
+# Called by the worker after each denoising step or upscaled tile: (steps done, steps in the stage).
+ReportProgress = Callable[[int, int], None]
+
+JobEvent = Queued | Started | Progress | Finished | Failed | Cancelled
+FinalEvent = Finished | Failed | Cancelled
+FINAL_EVENTS = (Finished, Failed, Cancelled)

@@ -151,9 +151,11 @@ def parse(model: type[M], data: dict[str, Any], max_prompt_chars: int | None = N
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_context=False)[0]
         field = str(error["loc"][0]) if error["loc"] else "body"
+        # A field sent under an alias ("async", which Python cannot name) is described by its name.
+        name = next((n for n, info in model.model_fields.items() if info.alias == field), field)
         if error["type"] == "missing":
             raise InvalidParameter.missing(field) from None
-        if error["type"] in _TEXT_ERRORS or field not in model.model_fields:
+        if error["type"] in _TEXT_ERRORS or name not in model.model_fields:
             raise InvalidParameter(field, f"invalid {field}: {error['msg']}") from None
         value = shown(error.get("input"))
-        raise InvalidParameter(field, f"invalid {field} {value}: {allowed_values(model, field)}") from None
+        raise InvalidParameter(field, f"invalid {field} {value}: {allowed_values(model, name)}") from None

@@ -12,6 +12,7 @@ from daguerre.engine.client import EngineClient
 from daguerre.services.accounts import AccountService
 from daguerre.services.catalog import CatalogService
 from daguerre.services.inference import InferenceService
+from daguerre.services.jobs import JobService
 from daguerre.services.records import InferenceStore
 from daguerre.services.remote_images import RemoteImages
 from daguerre.services.storage import Storage
@@ -48,16 +49,19 @@ class Services:
     inference: InferenceService
     upscale: UpscaleService
     video: VideoService
+    jobs: JobService
     webhooks: WebhookService
 
 
 def build_services(settings: Settings, database: Database, engine: EngineClient) -> Services:
     storage = Storage(settings.resolved_storage_url)
-    inference = InferenceService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
-    upscale = UpscaleService(settings, database.accounts, database.catalog, database.inferences, storage, engine)
-    images = RemoteImages(settings.remote_images, storage)
-    video = VideoService(
-        settings, database.accounts, database.catalog, database.inferences, storage, engine, images=images
-    )
+    shared = (settings, database.accounts, database.catalog, database.inferences, storage)
+    inference = InferenceService(*shared)
+    upscale = UpscaleService(*shared)
+    video = VideoService(*shared, images=RemoteImages(settings.remote_images, storage))
     webhooks = WebhookService(settings.webhooks, database.sessions)
-    return Services(settings, database.accounts, database.catalog, storage, engine, inference, upscale, video, webhooks)
+    jobs = JobService(settings, database.accounts, database.inferences, storage, engine, webhooks)
+    jobs.planners.update({"image": inference, "upscale": upscale, "video": video})
+    return Services(
+        settings, database.accounts, database.catalog, storage, engine, inference, upscale, video, jobs, webhooks
+    )

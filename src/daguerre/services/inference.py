@@ -1,8 +1,9 @@
-"""Serving POST /api/inference: resolve the model and defaults, charge, run, store, answer.
+"""Serving POST /api/inference: resolve the model and defaults and price the request (`plan`),
+and answer from the finished record (`answer`); services/jobs.py charges, runs and stores.
 
-Credits are taken before the work starts (so concurrent requests cannot overspend) and given
-back if the work fails. The record keeps the request and what it resolved to (services/records.py);
-`render_job` turns both back into work, for fresh requests and for hires fixes of old records alike.
+The record keeps the request and what it resolved to (services/records.py); `render_job` turns
+both back into work, for fresh requests, jobs queued before a restart and hires fixes of old
+records alike.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from daguerre.engine.jobs import (
     LCM_SCHEDULER,
     ControlNetJob,
     ImageToImageJob,
+    Job,
     LoraSpec,
     ModelSpec,
     TextToImageJob,
@@ -32,8 +34,9 @@ from daguerre.protocol.inference import (
 from daguerre.services import model_extras
 from daguerre.services.accounts import TokenInfo, from_milli
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord, Version
+from daguerre.services.jobs import Plan
 from daguerre.services.pricing import image_cost
-from daguerre.services.records import params_document
+from daguerre.services.records import InferenceRecord, params_document
 from daguerre.services.serving import ServingModule
 from daguerre.services.uploads import prepare_image
 from daguerre.settings import Settings
@@ -173,9 +176,7 @@ def render_job(
 
 
 class InferenceService(ServingModule):
-    async def generate(
-        self, token: TokenInfo, request: InferenceRequest, base_url: str, init_image: bytes | None = None
-    ) -> InferenceResponse:
+    async def plan(self, token: TokenInfo, request: InferenceRequest, init_image: bytes | None = None) -> Plan:
         """Text-to-image, or image-to-image / ControlNet when `init_image` (the upload's bytes) is given."""
         if request.num_images > self.settings.max_num_images:
             raise InvalidParameter.bad_value(
@@ -190,22 +191,36 @@ class InferenceService(ServingModule):
         )
         cost = image_cost(self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm)
         params = params_document(request.model_dump(mode="json"), resolved)
-        async with self.lifecycle.charged(token.id, cost, "image", model.id, version.version, params) as inf_id:
-            result = await self.engine.submit(job)
-            keys = [self.storage.new_key("images", result.extension) for _ in result.images]
-            files = dict(zip(keys, result.images, strict=True))
-            control_key = None
-            if result.control_image is not None:
-                control_key = self.storage.new_key("images", ".png")
-                files[control_key] = result.control_image
-            await self.lifecycle.deliver(inf_id, files, keys)
+        # The prepared image, so that a job queued before a restart runs on the same pixels.
+        inputs = {}
+        if isinstance(job, ImageToImageJob):
+            inputs["init_image"] = job.init_image
+        elif isinstance(job, ControlNetJob):
+            inputs["init_image"] = job.control_image
+        return Plan("image", job, cost, model.id, version.version, params, inputs)
+
+    def answer(self, record: InferenceRecord, base_url: str) -> InferenceResponse:
+        control = (record.files or {}).get("control_image")
         return InferenceResponse(
-            images=[f"{base_url}/files/{key}" for key in keys],
-            credit_cost=from_milli(cost),
-            inf_id=inf_id,
-            seeds=list(job.seeds),
-            control_image=f"{base_url}/files/{control_key}" if control_key else None,
+            images=[f"{base_url}/files/{key}" for key in record.outputs],
+            credit_cost=from_milli(record.credit_cost),
+            inf_id=record.id,
+            seeds=[int(seed) for seed in record.resolved["seeds"]],
+            control_image=f"{base_url}/files/{control}" if control else None,
         )
+
+    async def restore(self, record: InferenceRecord, inputs: dict[str, bytes]) -> Job:
+        """The job of a record queued before a restart, resolved again with its values pinned."""
+
+        def rebuild() -> Job:
+            request = InferenceRequest.model_validate({**record.request, "access_token": ""})
+            model = self.catalog.get(record.model_id, Kind.CHECKPOINT)
+            version = model.version(record.version)
+            pinned = record.resolved
+            job, _ = render_job(self.catalog, self.settings, request, model, version, pinned, inputs.get("init_image"))
+            return job
+
+        return await to_thread.run_sync(rebuild)
 
     def check_affordable(self, token: TokenInfo, request: InferenceRequest) -> None:
         """Refuse before the upload is read or decoded when the balance cannot pay the request."""

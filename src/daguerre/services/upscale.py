@@ -1,8 +1,8 @@
 """Serving POST /api/upscale: ESRGAN upscales and hires fixes of a token's own images.
 
 The source inference is read back from the database (so this works after a restart, and only for
-the token that made it), the image from storage; the engine gets both as plain data. As with
-/api/inference, credits are taken before the work and given back if it fails.
+the token that made it), the image from storage; the engine gets both as plain data. `plan`
+prices the request; services/jobs.py charges, runs and stores, as for every job.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from anyio import to_thread
 from PIL import Image
 from pydantic import ValidationError
 
-from daguerre.engine.jobs import HiresFixJob, TextToImageJob, Tiling, UpscaleJob
+from daguerre.engine.jobs import HiresFixJob, Job, TextToImageJob, Tiling, UpscaleJob
 from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.inference import InferenceRequest
 from daguerre.protocol.upscale import HIRES_FIX_SCALE, UpscaleRequest, UpscaleResponse
 from daguerre.services.accounts import TokenInfo, from_milli
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord
 from daguerre.services.inference import model_spec, render_job
+from daguerre.services.jobs import Plan
 from daguerre.services.pricing import hires_fix_cost, upscale_cost
 from daguerre.services.records import InferenceRecord, params_document
 from daguerre.services.serving import ServingModule
@@ -82,25 +83,37 @@ class UpscaleService(ServingModule):
     def tiling(self) -> Tiling:
         return Tiling(self.settings.upscale.tile, self.settings.upscale.tile_overlap)
 
-    async def upscale(self, token: TokenInfo, request: UpscaleRequest, base_url: str) -> UpscaleResponse:
+    async def plan(self, token: TokenInfo, request: UpscaleRequest) -> Plan:
         source = await to_thread.run_sync(self.inferences.get, request.inf_id, token.id)
+        planned = await to_thread.run_sync(self._planned, request, source)
+        params = params_document(request.model_dump(mode="json"), planned.resolved)
+        return Plan("upscale", planned.job, planned.cost, planned.model_id, planned.version, params)
+
+    def _planned(self, request: UpscaleRequest, source: InferenceRecord) -> _Plan:
         key = output_key(source, request.url)
-        image = await to_thread.run_sync(self.storage.get, key)
+        image = self.storage.get(key)
         plan_for = self._plan_hires_fix if request.type == "hires_fix" else self._plan_esrgan
-        plan = await to_thread.run_sync(plan_for, request, source, key, image)
-        params = params_document(request.model_dump(mode="json"), plan.resolved)
-        paid = self.lifecycle.charged(token.id, plan.cost, "upscale", plan.model_id, plan.version, params)
-        async with paid as up_id:
-            result = await self.engine.submit(plan.job)
-            out_key = self.storage.new_key("images", result.extension)
-            await self.lifecycle.deliver(up_id, {out_key: result.images[0]}, [out_key])
+        return plan_for(request, source, key, image)
+
+    def answer(self, record: InferenceRecord, base_url: str) -> UpscaleResponse:
+        resolved = record.resolved
         return UpscaleResponse(
-            output=f"{base_url}/files/{out_key}",
-            credit_cost=from_milli(plan.cost),
-            inf_id=up_id,
-            width=plan.width,
-            height=plan.height,
+            output=f"{base_url}/files/{record.outputs[0]}",
+            credit_cost=from_milli(record.credit_cost),
+            inf_id=record.id,
+            width=int(resolved["width"]),
+            height=int(resolved["height"]),
         )
+
+    async def restore(self, record: InferenceRecord, inputs: dict[str, bytes]) -> Job:
+        """Planned again from the stored request: the source image is in storage already."""
+
+        def rebuild() -> Job:
+            request = UpscaleRequest.model_validate({**record.request, "access_token": ""})
+            source = self.inferences.get(request.inf_id, record.token_id)
+            return self._planned(request, source).job
+
+        return await to_thread.run_sync(rebuild)
 
     def _plan_esrgan(self, request: UpscaleRequest, source: InferenceRecord, key: str, image: bytes) -> _Plan:
         width, height = _size(image)

@@ -1,5 +1,5 @@
 """Serving POST /api/video: resolve the model, check the request against it, fetch the first
-frame for image-to-video, charge, run, store the MP4, answer.
+frame for image-to-video and price it (`plan`); services/jobs.py charges, runs and stores the MP4.
 
 Video models are Wan 2.1 pipelines (text- or image-to-video) registered as kind "video", and every
 SD 1.5 image checkpoint once an AnimateDiff motion adapter of kind "video" is registered: the
@@ -10,23 +10,24 @@ before the charge; credits taken are given back if the work fails.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
 from PIL import Image, ImageOps
 
-from daguerre.engine.jobs import VideoJob
+from daguerre.engine.jobs import Job, VideoJob
 from daguerre.errors import InvalidParameter
 from daguerre.imaging import encode_png
 from daguerre.protocol.inference import MAX_SEED
 from daguerre.protocol.video import MAX_FRAMES, VideoRequest, VideoResponse
 from daguerre.services.accounts import TokenInfo, from_milli
-from daguerre.services.catalog import Kind, ModelRecord
+from daguerre.services.catalog import Kind, ModelRecord, Version
 from daguerre.services.inference import model_spec
+from daguerre.services.jobs import Plan
 from daguerre.services.pricing import video_cost
-from daguerre.services.records import params_document
+from daguerre.services.records import InferenceRecord, params_document
 from daguerre.services.remote_images import RemoteImages
 from daguerre.services.serving import ServingModule
 
@@ -175,9 +176,7 @@ class VideoService(ServingModule):
             )
         return frames
 
-    async def generate(
-        self, token: TokenInfo, request: VideoRequest, base_url: str, own_bases: Iterable[str]
-    ) -> VideoResponse:
+    async def plan(self, token: TokenInfo, request: VideoRequest, own_bases: Iterable[str]) -> Plan:
         video = await to_thread.run_sync(self.resolve, request.model_id)
         version = video.model.version(request.version)
         if request.resolution not in video.resolutions:
@@ -205,22 +204,8 @@ class VideoService(ServingModule):
             image_png = await to_thread.run_sync(fit_png, image, width, height)
         else:
             width, height = frame_size(request.resolution, portrait, scale)
-        guidance = request.scale if request.scale is not None else video.model.default_scale or video.defaults.scale
-        job = VideoJob(
-            model=model_spec(video.model, version),
-            architecture=video.architecture,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=width,
-            height=height,
-            num_frames=num_frames,
-            fps=request.fps,
-            steps=request.steps if request.steps is not None else video.defaults.steps,
-            guidance_scale=guidance,
-            seed=request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1),
-            motion_adapter=model_spec(video.adapter, video.adapter.latest) if video.adapter else None,
-            image=image_png,
-        )
+        size = {"width": width, "height": height, "num_frames": num_frames}
+        job = self._job(request, video, version, size, image_png)
         nominal = frame_size(request.resolution, portrait, 1.0)
         cost = video_cost(self.settings.pricing, *nominal, job.num_frames, job.steps)
         resolved = {
@@ -236,17 +221,58 @@ class VideoService(ServingModule):
             else None,
         }
         params = params_document(request.model_dump(mode="json"), resolved)
-        async with self.lifecycle.charged(token.id, cost, "video", video.model.id, version.version, params) as inf_id:
-            result = await self.engine.submit(job)
-            key = self.storage.new_key("videos", result.extension)
-            await self.lifecycle.deliver(inf_id, {key: result.video}, [key])
-        return VideoResponse(
-            video_url=f"{base_url}/files/{key}",
-            inf_id=inf_id,
-            credit_cost=from_milli(cost),
-            width=job.width,
-            height=job.height,
-            num_frames=job.num_frames,
-            fps=job.fps,
-            seed=job.seed,
+        inputs = {"first_frame": image_png} if image_png is not None else {}
+        return Plan("video", job, cost, video.model.id, version.version, params, inputs)
+
+    @staticmethod
+    def _job(
+        request: VideoRequest,
+        video: VideoModel,
+        version: Version,
+        pinned: Mapping[str, Any],
+        image_png: bytes | None,
+    ) -> VideoJob:
+        """The job, from the request and the values `pinned` (the frame size and length for a new
+        request; every resolved value for a record queued before a restart)."""
+        steps = request.steps if request.steps is not None else video.defaults.steps
+        guidance = request.scale if request.scale is not None else video.model.default_scale or video.defaults.scale
+        seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        return VideoJob(
+            model=model_spec(video.model, version),
+            architecture=video.architecture,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=int(pinned["width"]),
+            height=int(pinned["height"]),
+            num_frames=int(pinned["num_frames"]),
+            fps=request.fps,
+            steps=int(pinned.get("steps", steps)),
+            guidance_scale=float(pinned.get("scale", guidance)),
+            seed=int(pinned.get("seed", seed)),
+            motion_adapter=model_spec(video.adapter, video.adapter.latest) if video.adapter else None,
+            image=image_png,
         )
+
+    def answer(self, record: InferenceRecord, base_url: str) -> VideoResponse:
+        resolved = record.resolved
+        return VideoResponse(
+            video_url=f"{base_url}/files/{record.outputs[0]}",
+            inf_id=record.id,
+            credit_cost=from_milli(record.credit_cost),
+            width=int(resolved["width"]),
+            height=int(resolved["height"]),
+            num_frames=int(resolved["num_frames"]),
+            fps=int(record.request["fps"]),
+            seed=int(resolved["seed"]),
+        )
+
+    async def restore(self, record: InferenceRecord, inputs: dict[str, bytes]) -> Job:
+        """The clip of a record queued before a restart: its stored first frame, resolved values pinned."""
+
+        def rebuild() -> Job:
+            request = VideoRequest.model_validate({**record.request, "access_token": ""})
+            video = self.resolve(request.model_id)
+            version = video.model.version(record.version)
+            return self._job(request, video, version, record.resolved, inputs.get("first_frame"))
+
+        return await to_thread.run_sync(rebuild)

@@ -9,12 +9,13 @@ router = APIRouter()
 
 @router.get("/health", summary="Liveness and engine status")
 async def health(request: Request) -> dict[str, object]:
-    status = services(request).engine.status()
+    status = await services(request).engine.health()
     return {
         "status": "ok",
         "device": status.device,
         "dtype": status.dtype,
-        "queued": status.queued,
+        "queued": status.queued,  # running or waiting
+        "queue_depth": status.waiting,  # waiting for the worker
         "loaded_models": list(status.loaded_models),
         "memory": {
             "models": {

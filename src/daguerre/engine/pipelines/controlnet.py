@@ -13,7 +13,7 @@ from daguerre.engine.diffusers_classes import (
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
 )
-from daguerre.engine.jobs import ControlNetJob
+from daguerre.engine.jobs import ControlNetJob, ReportProgress
 from daguerre.engine.pipelines.sampling import derive, sample
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.imaging import encode_png
@@ -25,7 +25,8 @@ def controlnet_images(
     job: ControlNetJob,
     controlnet: ControlNetModel,
     control_map: Image.Image,
+    progress: ReportProgress | None = None,
 ) -> list[bytes]:
     guided = derive(pipe, StableDiffusionControlNetPipeline, controlnet=controlnet)
-    images = sample(guided, schedulers, job, image=control_map, width=job.width, height=job.height)
+    images = sample(guided, schedulers, job, progress, image=control_map, width=job.width, height=job.height)
     return [encode_png(image) for image in images]

@@ -10,7 +10,7 @@ import io
 from PIL import Image
 
 from daguerre.engine.diffusers_classes import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-from daguerre.engine.jobs import HiresFixJob
+from daguerre.engine.jobs import HiresFixJob, ReportProgress
 from daguerre.engine.pipelines.sampling import derive, sample
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.upscaling import Upscaler, upscale_image
@@ -22,12 +22,14 @@ def hires_fix(
     schedulers: Schedulers,
     upscaler: Upscaler | None,
     job: HiresFixJob,
+    progress: ReportProgress | None = None,
 ) -> bytes:
+    """`progress` hears of the upscaler's tiles, then of the re-render's steps."""
     render = job.render
     source = Image.open(io.BytesIO(job.image)).convert("RGB")
-    upscaled = upscale_image(upscaler, source, render.width, render.height, job.tiling)
+    upscaled = upscale_image(upscaler, source, render.width, render.height, job.tiling, progress)
     if job.denoising_steps == 0:
         return encode_png(upscaled)  # nothing to re-render; diffusers would fail on zero steps
     img2img = derive(pipe, StableDiffusionImg2ImgPipeline)
-    (image,) = sample(img2img, schedulers, render, image=upscaled, strength=job.strength)
+    (image,) = sample(img2img, schedulers, render, progress, image=upscaled, strength=job.strength)
     return encode_png(image)

@@ -17,18 +17,24 @@ import io
 from PIL import Image
 
 from daguerre.engine.diffusers_classes import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-from daguerre.engine.jobs import ImageToImageJob
+from daguerre.engine.jobs import ImageToImageJob, ReportProgress
 from daguerre.engine.pipelines.sampling import derive, sample
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.text_to_image import text_to_image
 from daguerre.imaging import encode_png
 
 
-def image_to_image(pipe: StableDiffusionPipeline, schedulers: Schedulers, job: ImageToImageJob) -> list[bytes]:
+def image_to_image(
+    pipe: StableDiffusionPipeline,
+    schedulers: Schedulers,
+    job: ImageToImageJob,
+    progress: ReportProgress | None = None,
+) -> list[bytes]:
     if int(job.steps * job.strength) == 0:
         return [job.init_image] * len(job.seeds)
     if job.strength >= 1:
-        return text_to_image(pipe, schedulers, job)
+        return text_to_image(pipe, schedulers, job, progress)
     img2img = derive(pipe, StableDiffusionImg2ImgPipeline)
     init_image = Image.open(io.BytesIO(job.init_image))
-    return [encode_png(image) for image in sample(img2img, schedulers, job, image=init_image, strength=job.strength)]
+    images = sample(img2img, schedulers, job, progress, image=init_image, strength=job.strength)
+    return [encode_png(image) for image in images]

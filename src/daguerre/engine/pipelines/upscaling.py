@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedDtypeError
 
-from daguerre.engine.jobs import ModelSpec, Tiling, UpscaleJob
+from daguerre.engine.jobs import ModelSpec, ReportProgress, Tiling, UpscaleJob
 from daguerre.engine.pipelines.outputs import check_finite
 from daguerre.imaging import encode_png
 
@@ -76,8 +76,11 @@ def _to_uint8(values: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def upscale_tiled(model: Upscaler, image: np.ndarray, tiling: Tiling) -> np.ndarray:
-    """Run `model` over an (H, W, 3) 8-bit image in tiles; returns the (H*s, W*s, 3) result."""
+def upscale_tiled(
+    model: Upscaler, image: np.ndarray, tiling: Tiling, progress: ReportProgress | None = None
+) -> np.ndarray:
+    """Run `model` over an (H, W, 3) 8-bit image in tiles; returns the (H*s, W*s, 3) result.
+    `progress` hears of each tile done (and may raise to stop between tiles)."""
     scale = model.scale
     height, width = image.shape[:2]
     tile_h, tile_w = min(tiling.tile, height), min(tiling.tile, width)
@@ -103,24 +106,33 @@ def upscale_tiled(model: Upscaler, image: np.ndarray, tiling: Tiling) -> np.ndar
             check_finite(output, "upscaling the image")
             weight = row_weights[row][:, None] * column_weights[column][None, :]
             band[:, :, x * scale : (x + tile_w) * scale].addcmul_(output, weight)
+            if progress is not None:
+                progress(row * len(columns) + column + 1, len(rows) * len(columns))
     result[band_top:] = _to_uint8(band)
     return result
 
 
-def upscale_image(model: Upscaler | None, image: Image.Image, width: int, height: int, tiling: Tiling) -> Image.Image:
+def upscale_image(
+    model: Upscaler | None,
+    image: Image.Image,
+    width: int,
+    height: int,
+    tiling: Tiling,
+    progress: ReportProgress | None = None,
+) -> Image.Image:
     """Resize to exactly width x height: the model runs (repeatedly, if its native factor falls
     short, as A1111 does) until the image reaches the size, then Lanczos takes it to the exact
     size. Without a model, Lanczos does it all."""
     if model is not None:
         pixels = np.asarray(image.convert("RGB"))
         while pixels.shape[1] < width or pixels.shape[0] < height:
-            pixels = upscale_tiled(model, pixels, tiling)
+            pixels = upscale_tiled(model, pixels, tiling, progress)
         image = Image.fromarray(pixels)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
 
 
-def upscale(model: Upscaler, job: UpscaleJob) -> bytes:
+def upscale(model: Upscaler, job: UpscaleJob, progress: ReportProgress | None = None) -> bytes:
     source = Image.open(io.BytesIO(job.image))
-    return encode_png(upscale_image(model, source, job.width, job.height, job.tiling))
+    return encode_png(upscale_image(model, source, job.width, job.height, job.tiling, progress))

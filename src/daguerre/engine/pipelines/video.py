@@ -24,9 +24,9 @@ from daguerre.engine.diffusers_classes import (
     WanImageToVideoPipeline,
     WanPipeline,
 )
-from daguerre.engine.jobs import ModelSpec, VideoJob
+from daguerre.engine.jobs import ModelSpec, ReportProgress, VideoJob
 from daguerre.engine.pipelines.outputs import check_finite
-from daguerre.engine.pipelines.sampling import seed_generators
+from daguerre.engine.pipelines.sampling import seed_generators, step_callback
 from daguerre.engine.prompts.encoding import encode_prompt_pair
 from daguerre.engine.runtime.failures import require
 
@@ -84,7 +84,9 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def run_wan(pipe: WanPipeline | WanImageToVideoPipeline, job: VideoJob) -> np.ndarray:
+def run_wan(
+    pipe: WanPipeline | WanImageToVideoPipeline, job: VideoJob, progress: ReportProgress | None = None
+) -> np.ndarray:
     kwargs: dict[str, Image.Image] = {}
     if job.image is not None:
         kwargs["image"] = Image.open(io.BytesIO(job.image)).convert("RGB")
@@ -98,12 +100,18 @@ def run_wan(pipe: WanPipeline | WanImageToVideoPipeline, job: VideoJob) -> np.nd
         guidance_scale=job.guidance_scale,
         generator=seed_generators((job.seed,))[0],
         output_type="np",
+        callback_on_step_end=step_callback(progress),
         **kwargs,
     )
     return _to_uint8(output.frames[0])
 
 
-def run_animatediff(pipe: AnimateDiffPipeline, base_scheduler_config: dict[str, Any], job: VideoJob) -> np.ndarray:
+def run_animatediff(
+    pipe: AnimateDiffPipeline,
+    base_scheduler_config: dict[str, Any],
+    job: VideoJob,
+    progress: ReportProgress | None = None,
+) -> np.ndarray:
     # The motion modules were trained with a linear beta schedule; AnimateDiff's own settings.
     pipe.scheduler = DDIMScheduler.from_config(
         base_scheduler_config, beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1
@@ -121,5 +129,6 @@ def run_animatediff(pipe: AnimateDiffPipeline, base_scheduler_config: dict[str, 
         guidance_scale=job.guidance_scale,
         generator=seed_generators((job.seed,))[0],
         output_type="np",
+        callback_on_step_end=step_callback(progress),
     )
     return _to_uint8(output.frames[0])

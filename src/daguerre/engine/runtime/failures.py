@@ -29,6 +29,11 @@ PACKAGES = {
 }
 
 
+class JobCancelled(Exception):
+    """Raised on the worker thread by a job's progress callback once the job is cancelled; it
+    unwinds the pipeline call at that step. Not a failure: `stage` lets it through untouched."""
+
+
 def new_error_id() -> str:
     return uuid.uuid4().hex[:8]
 
@@ -68,7 +73,7 @@ def stage(what: str) -> Iterator[None]:
     GenerationFailed naming the stage, with an error id that the logged traceback carries too."""
     try:
         yield
-    except DaguerreError:
+    except (DaguerreError, JobCancelled):
         raise
     except ModuleNotFoundError as exc:
         raise MissingDependency.of(exc.name or "unknown", what) from exc

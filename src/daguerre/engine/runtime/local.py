@@ -1,45 +1,66 @@
-"""The in-process engine: one worker thread owns the device and runs jobs in arrival order.
+"""The in-process engine: a fair queue in front of one worker thread that owns the device.
 
-The event loop only waits on futures, so the server keeps answering (health, model lists) while a
-generation runs. Jobs beyond `max_queue` (running plus waiting) are refused at once with
-ServerBusy instead of waiting without bound.
+The event loop only waits on events, so the server keeps answering (health, model lists, job
+status) while a generation runs. Jobs beyond `max_queue` (running plus waiting) are refused at
+once with ServerBusy instead of waiting without bound.
+
+Fairness: the next job is the oldest waiting job of the owner (token) served least recently, so
+owners take turns: a token with a hundred jobs queued delays another token's single job by at most
+the job that is running and none of its waiting ones (round-robin between owners that all have
+work; FIFO within one owner).
+
+Events: the worker reports to each job's handle with `loop.call_soon_threadsafe`, in order:
+Queued(position) on admission and whenever the position changes, Started, Progress per step or
+tile, and one final event. Cancelling a waiting job removes it; a running one stops at its next
+step (the progress callback raises JobCancelled on the worker thread).
 
 Closing (a SIGTERM, see cli.py) fails the waiting jobs at once, gives the running one
-`shutdown_grace_s` to finish, then fails it too; every failure reaches its request, which refunds
-it. The worker is a daemon thread, so a job that runs on past the grace period cannot keep the
-process alive (ThreadPoolExecutor's threads are joined at interpreter exit).
+`shutdown_grace_s` to finish, then fails it and stops it at its next step. The worker is a daemon
+thread, so a job that runs on past the grace period cannot keep the process alive
+(ThreadPoolExecutor's threads are joined at interpreter exit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 from PIL import Image
 
-from daguerre.engine.client import EngineClient
+from daguerre import metrics
+from daguerre.engine.client import EngineClient, JobHandle
 from daguerre.engine.diffusers_classes import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from daguerre.engine.jobs import (
     AuxiliarySpec,
+    Cancelled,
     ControlNetJob,
     EngineStatus,
+    Failed,
+    FinalEvent,
+    Finished,
     HiresFixJob,
     ImagesResult,
     ImageToImageJob,
     Job,
+    JobEvent,
     LoraSpec,
     ModelSpec,
+    Progress,
+    Queued,
+    ReportProgress,
     ResidentModel,
     Result,
+    Started,
     TextToImageJob,
     UpscaleJob,
     VideoJob,
@@ -63,10 +84,10 @@ from daguerre.engine.pipelines.text_to_image import text_to_image
 from daguerre.engine.pipelines.upscaling import Upscaler, load_upscaler, upscale
 from daguerre.engine.pipelines.video_encoding import encode_mp4
 from daguerre.engine.runtime.devices import pick_device, pick_dtype
-from daguerre.engine.runtime.failures import stage
+from daguerre.engine.runtime.failures import JobCancelled, new_error_id, stage
 from daguerre.engine.runtime.memory import default_budget, estimate_bytes, resident_bytes
 from daguerre.engine.runtime.model_cache import ModelCache, label
-from daguerre.errors import ServerBusy
+from daguerre.errors import DaguerreError, GenerationFailed, ServerBusy
 from daguerre.imaging import encode_png
 
 log = logging.getLogger(__name__)
@@ -113,47 +134,177 @@ STOPPED = (
 )
 
 
-def _settle(future: Future[Result], outcome: Result | BaseException) -> None:
-    # A job failed by close() may still end on the worker later; its outcome then goes nowhere.
-    try:
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-    except InvalidStateError:
-        pass
+CANCELLED = "cancelled"
+BUSY = 503  # the HTTP status of a job failed by the shutdown
+
+
+@dataclass(eq=False)
+class _Entry:
+    """A job in the engine, from admission to its final event."""
+
+    job_id: str
+    job: Job
+    owner: str
+    handle: JobHandle
+    loop: asyncio.AbstractEventLoop
+    seq: int  # admission order
+    position: int | None = None  # last Queued position reported
+    # Set by cancel() or the shutdown deadline; read by the worker at each step.
+    cancelled: bool = False
+    ended: bool = False
+
+    def emit(self, event: JobEvent) -> None:
+        # A closed loop (the app stopped) has nobody listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.handle.push, event)
+
+
+class _FairQueue:
+    """Waiting jobs by owner; the next one is the oldest of the owner served least recently."""
+
+    def __init__(self) -> None:
+        self.by_owner: dict[str, deque[_Entry]] = {}
+        self.last_served: dict[str, int] = {}
+        self._turns = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self.by_owner.values())
+
+    def add(self, entry: _Entry) -> None:
+        self.by_owner.setdefault(entry.owner, deque()).append(entry)
+
+    def remove(self, entry: _Entry) -> bool:
+        entries = self.by_owner.get(entry.owner)
+        if entries is None or entry not in entries:
+            return False
+        entries.remove(entry)
+        if not entries:
+            del self.by_owner[entry.owner]
+        return True
+
+    def drain(self) -> list[_Entry]:
+        entries = self.order()
+        self.by_owner.clear()
+        return entries
+
+    @staticmethod
+    def _next_owner(by_owner: dict[str, deque[_Entry]], last_served: dict[str, int]) -> str:
+        return min(by_owner, key=lambda owner: (last_served.get(owner, -1), by_owner[owner][0].seq))
+
+    def pop(self) -> _Entry:
+        owner = self._next_owner(self.by_owner, self.last_served)
+        entries = self.by_owner[owner]
+        entry = entries.popleft()
+        if not entries:
+            del self.by_owner[owner]
+        self.last_served[owner] = next(self._turns)
+        return entry
+
+    def order(self) -> list[_Entry]:
+        """The waiting jobs in the order they will start, if nothing else arrives."""
+        by_owner = {owner: deque(entries) for owner, entries in self.by_owner.items()}
+        last_served = dict(self.last_served)
+        turn = max(last_served.values(), default=0) + 1
+        order = []
+        while by_owner:
+            owner = self._next_owner(by_owner, last_served)
+            order.append(by_owner[owner].popleft())
+            if not by_owner[owner]:
+                del by_owner[owner]
+            last_served[owner] = turn
+            turn += 1
+        return order
 
 
 class _Worker:
-    """One daemon thread and its queue; close() leaves it to finish (or abandon) its last job."""
+    """One daemon thread and its queue; close() leaves it to finish (or abandon) its last job.
 
-    def __init__(self, run: Callable[[Job], Result]) -> None:
-        self.queue: deque[tuple[Job, Future[Result]]] = deque()
-        self.running: Future[Result] | None = None
+    Every field is guarded by `wakeup`'s lock (an RLock, so helpers may nest).
+    """
+
+    def __init__(self, run: Callable[[Job, ReportProgress], Result]) -> None:
+        self.queue = _FairQueue()
+        self.jobs: dict[str, _Entry] = {}
+        self.running: _Entry | None = None
         self.closing = False
         self.wakeup = threading.Condition()
+        self._seq = itertools.count()
         self.thread = threading.Thread(target=self._loop, args=(run,), name="daguerre-engine", daemon=True)
         self.thread.start()
 
-    def _loop(self, run: Callable[[Job], Result]) -> None:
+    def admit(self, entry: _Entry) -> None:
+        self.jobs[entry.job_id] = entry
+        self.queue.add(entry)
+        self.reposition()
+        self.wakeup.notify()
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def reposition(self) -> None:
+        """Tell each waiting job its place, when it changed."""
+        ahead = 1 if self.running is not None else 0
+        metrics.queue_depth(len(self.queue))
+        for index, entry in enumerate(self.queue.order()):
+            if entry.position != ahead + index:
+                entry.position = ahead + index
+                entry.emit(Queued(entry.position))
+
+    def end(self, entry: _Entry, event: FinalEvent) -> None:
+        """The job's one final event; later outcomes (a job failed by the shutdown deadline that
+        finishes anyway) go nowhere."""
+        if entry.ended:
+            return
+        entry.ended = True
+        self.jobs.pop(entry.job_id, None)
+        entry.emit(event)
+
+    def _loop(self, run: Callable[[Job, ReportProgress], Result]) -> None:
         while True:
             with self.wakeup:
-                while not self.queue and not self.closing:
+                while not len(self.queue) and not self.closing:
                     self.wakeup.wait()
-                if not self.queue:
+                if not len(self.queue):
                     return
-                job, future = self.queue.popleft()
-                # False when the request was cancelled (client gone) while the job waited.
-                if not future.set_running_or_notify_cancel():
-                    continue
-                self.running = future
-            try:
-                _settle(future, run(job))
-            except BaseException as exc:
-                _settle(future, exc)
-            finally:
-                with self.wakeup:
-                    self.running = None
+                entry = self.queue.pop()
+                self.running = entry
+                self.reposition()
+            entry.emit(Started())
+            final = self._run(run, entry)
+            with self.wakeup:
+                self.running = None
+                self.end(entry, final)
+                self.reposition()
+
+    @staticmethod
+    def _run(run: Callable[[Job, ReportProgress], Result], entry: _Entry) -> FinalEvent:
+        # Upscales report tiles, not denoising steps: only diffusion feeds the step histogram.
+        kind = None if isinstance(entry.job, UpscaleJob) else "video" if isinstance(entry.job, VideoJob) else "image"
+        last_step = time.perf_counter()
+
+        def progress(step: int, total: int) -> None:
+            nonlocal last_step
+            if entry.cancelled:
+                raise JobCancelled(entry.job_id)
+            if kind is not None:
+                now = time.perf_counter()
+                metrics.denoising_step(kind, now - last_step)
+                last_step = now
+            entry.emit(Progress(step, total))
+
+        try:
+            with metrics.job_context(entry.job_id):  # the engine's log lines carry the job's id
+                result = run(entry.job, progress)
+        except JobCancelled:
+            return Cancelled(CANCELLED)
+        except DaguerreError as exc:
+            return Failed(exc.message, exc.error_id if isinstance(exc, GenerationFailed) else None, exc.status)
+        except Exception:
+            error_id = new_error_id()
+            log.exception("job %s failed; error id %s", entry.job_id, error_id)
+            return Failed(f"generation failed; error id {error_id}: the server log has the details", error_id)
+        # Cancelled after its last step: the client asked not to have it.
+        return Cancelled(CANCELLED) if entry.cancelled else Finished(result)
 
 
 class LocalEngine(EngineClient):
@@ -190,8 +341,6 @@ class LocalEngine(EngineClient):
         self._video_cpu_offload = video_cpu_offload
         self._video_vae_tiling = video_vae_tiling
         self._shutdown_grace_s = shutdown_grace_s
-        self._pending = 0
-        self._lock = threading.Lock()
         self._worker: _Worker | None = None
 
     async def start(self) -> None:
@@ -199,34 +348,39 @@ class LocalEngine(EngineClient):
         if self._worker is None:
             self._worker = _Worker(self.run)
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float | None = None) -> None:
         """Fail the waiting jobs now, let the running one finish within the grace period, then
-        fail it; idempotent, and a second call returns at once."""
+        fail it and stop it at its next step; idempotent, and a second call returns at once."""
         worker, self._worker = self._worker, None
         if worker is None:
             return
+        grace = self._shutdown_grace_s if grace_s is None else grace_s
         with worker.wakeup:
             worker.closing = True
-            waiting = list(worker.queue)
-            worker.queue.clear()
+            for entry in worker.queue.drain():
+                worker.end(entry, Failed(SHUTTING_DOWN, status=BUSY))
             worker.wakeup.notify_all()
-        for _job, future in waiting:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(ServerBusy(SHUTTING_DOWN))
-        await asyncio.to_thread(worker.thread.join, self._shutdown_grace_s)
+        await asyncio.to_thread(worker.thread.join, grace)
         if worker.thread.is_alive():
             with worker.wakeup:
                 running = worker.running
-            if running is not None:
-                log.warning("a job outlived the shutdown grace period (%ss); failing it", self._shutdown_grace_s)
-                _settle(running, ServerBusy(STOPPED))
+                if running is not None and not running.ended:
+                    log.warning("a job outlived the shutdown grace period (%ss); failing it", grace)
+                    running.cancelled = True
+                    worker.end(running, Failed(STOPPED, status=BUSY))
 
     def status(self) -> EngineStatus:
+        worker = self._worker
+        waiting = running = 0
+        if worker is not None:
+            with worker.wakeup:
+                waiting, running = len(worker.queue), int(worker.running is not None)
         resident = tuple(ResidentModel(label(key), size) for key, size in self.cache.resident())
         return EngineStatus(
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
-            queued=self._pending,
+            queued=waiting + running,
+            waiting=waiting,
             loaded_models=tuple(model.name for model in resident),
             resident=resident,
             budget_bytes=self.cache.budget_bytes,
@@ -236,60 +390,69 @@ class LocalEngine(EngineClient):
             auxiliary_used_bytes=self.auxiliaries.used_bytes(),
         )
 
-    @overload
-    async def submit(self, job: VideoJob) -> VideoResult: ...
-    @overload
-    async def submit(self, job: TextToImageJob | UpscaleJob | HiresFixJob) -> ImagesResult: ...
-    async def submit(self, job: Job) -> Result:
+    async def health(self) -> EngineStatus:
+        # In-process, the status is a few counters read under the queue's lock.
+        return self.status()
+
+    async def submit(self, job_id: str, job: Job, owner: str, *, readmitted: bool = False) -> JobHandle:
         worker = self._worker
         if worker is None:
             raise ServerBusy("the engine is not running (the server is starting or shutting down); try again shortly")
-        with self._lock:
-            if self._pending >= self._max_queue:
-                raise ServerBusy(
-                    f"server busy: {self._pending} jobs are queued (max_queue {self._max_queue}); try again shortly"
-                )
-            self._pending += 1
-        future: Future[Result] = Future()
-        # Released when the job ends, not when its caller stops waiting: a request cancelled by a
-        # client disconnect still occupies the worker until its job finishes.
-        future.add_done_callback(self._release)
+        handle = JobHandle(job_id, self.cancel)
+        loop = asyncio.get_running_loop()
         with worker.wakeup:
             if worker.closing:
-                future.set_running_or_notify_cancel()
-                future.set_exception(ServerBusy(SHUTTING_DOWN))
+                raise ServerBusy(SHUTTING_DOWN)
+            pending = len(worker.jobs)
+            if pending >= self._max_queue and not readmitted:
+                raise ServerBusy(
+                    f"server busy: {pending} jobs are queued (max_queue {self._max_queue}); try again shortly"
+                )
+            if job_id in worker.jobs:
+                raise ValueError(f"job {job_id} is already in the engine")
+            worker.admit(_Entry(job_id, job, owner, handle, loop, worker.next_seq()))
+        return handle
+
+    def cancel(self, job_id: str) -> bool:
+        worker = self._worker
+        if worker is None:
+            return False
+        with worker.wakeup:
+            entry = worker.jobs.get(job_id)
+            if entry is None or entry.ended:
+                return False
+            if worker.queue.remove(entry):
+                worker.end(entry, Cancelled(CANCELLED))
+                worker.reposition()
             else:
-                worker.queue.append((job, future))
-                worker.wakeup.notify()
-        return await asyncio.wrap_future(future)
+                entry.cancelled = True  # running: it stops at its next step
+            return True
 
-    def _release(self, _future: object) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    def run(self, job: Job) -> Result:
-        """Run one job on this thread; public so benchmarks and tests can call it directly."""
+    def run(self, job: Job, progress: ReportProgress | None = None) -> Result:
+        """Run one job on this thread; public so benchmarks and tests can call it directly.
+        `progress(step, total)` is called after each denoising step or upscaled tile; it may
+        raise JobCancelled to stop the job there."""
         try:
             with stage("running the job"):
-                return self._run(job)
+                return self._run(job, progress)
         finally:
             # Pipelines grow and shrink as LoRAs load and unload: keep the budget true.
             self.cache.remeasure()
 
-    def _run(self, job: Job) -> Result:
+    def _run(self, job: Job, progress: ReportProgress | None) -> Result:
         if isinstance(job, UpscaleJob):
             upscaler = self.upscaler(job.upscaler)
             with stage("upscaling the image"):
-                return ImagesResult((upscale(upscaler, job),))
+                return ImagesResult((upscale(upscaler, job, progress),))
         if isinstance(job, HiresFixJob):
             loaded = self.pipeline(job.render.model)
             # The re-render uses the original inference's LoRAs too.
             self.loras(loaded, job.render.loras)
             hires_upscaler = self.upscaler(job.upscaler) if job.upscaler else None
             with stage("re-rendering the upscaled image (hires fix)"):
-                return ImagesResult((hires_fix(loaded.pipe, loaded.schedulers, hires_upscaler, job),))
+                return ImagesResult((hires_fix(loaded.pipe, loaded.schedulers, hires_upscaler, job, progress),))
         if isinstance(job, VideoJob):
-            frames = self.video_frames(job)
+            frames = self.video_frames(job, progress)
             with stage("encoding the video"):
                 return VideoResult(encode_mp4(frames, job.fps))
         if not isinstance(job, TextToImageJob):
@@ -300,12 +463,12 @@ class LocalEngine(EngineClient):
             control_map = self.control_map(job)
             controlnet = self.controlnet(job.controlnet)
             with stage("denoising with the ControlNet"):
-                images = controlnet_images(loaded.pipe, loaded.schedulers, job, controlnet, control_map)
+                images = controlnet_images(loaded.pipe, loaded.schedulers, job, controlnet, control_map, progress)
             return ImagesResult(tuple(images), control_image=encode_png(control_map))
         with stage("denoising"):
             if isinstance(job, ImageToImageJob):
-                return ImagesResult(tuple(image_to_image(loaded.pipe, loaded.schedulers, job)))
-            return ImagesResult(tuple(text_to_image(loaded.pipe, loaded.schedulers, job)))
+                return ImagesResult(tuple(image_to_image(loaded.pipe, loaded.schedulers, job, progress)))
+            return ImagesResult(tuple(text_to_image(loaded.pipe, loaded.schedulers, job, progress)))
 
     def pipeline(self, spec: ModelSpec) -> LoadedPipeline:
         def load() -> LoadedPipeline:
@@ -356,7 +519,7 @@ class LocalEngine(EngineClient):
         with stage("annotating the control image"):
             return annotate(image)
 
-    def video_frames(self, job: VideoJob) -> np.ndarray:
+    def video_frames(self, job: VideoJob, progress: ReportProgress | None = None) -> np.ndarray:
         if job.architecture == "wan":
             with stage(f"loading video model {job.model.id} (version {job.model.version})"):
                 pipe = self.cache.get(
@@ -367,7 +530,7 @@ class LocalEngine(EngineClient):
                     estimate_bytes(job.model.path),
                 )
             with stage("denoising the video"):
-                return video.run_wan(pipe, job)
+                return video.run_wan(pipe, job, progress)
         if job.motion_adapter is None:
             raise ValueError("an AnimateDiff job needs a motion adapter")
         base = self.pipeline(job.model)
@@ -386,4 +549,4 @@ class LocalEngine(EngineClient):
             estimate = estimate_bytes(adapter.path) + resident_bytes(base.pipe.unet)
             animated = self.cache.get(AnimatedKey(job.model, adapter), build, estimate)
         with stage("denoising the video"):
-            return video.run_animatediff(animated, base.schedulers.config, job)
+            return video.run_animatediff(animated, base.schedulers.config, job, progress)

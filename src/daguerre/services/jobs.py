@@ -1,0 +1,497 @@
+"""One lifecycle for every paid job (/api/inference, /api/upscale, /api/video), synchronous or not.
+
+A serving module plans a request (validate, resolve defaults, price: no side effects); then here:
+check (max_queued_per_token, webhook_url), store the inputs a restart needs, charge and record the
+job as queued in one transaction, submit it to the engine, and follow its events in a runner task:
+running, progress (kept in memory, for status and Server-Sent Events), then done (outputs stored),
+failed or cancelled (refunded in the transaction that marks it, the ledger note saying why). The
+webhook service hears of every ending.
+
+A synchronous request is a job its route waits for. Restarts: `recover` submits again what a
+stopped server left queued, re-planned from the stored document with its resolved values pinned
+(same seeds, same result); see InferenceStore.recover for the rule on jobs that were running.
+On SIGTERM, jobs nobody waits for that had not started stay queued for the next start; a request
+waiting for its answer gets it now (failed, refunded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from anyio import to_thread
+from pydantic import BaseModel
+
+from daguerre import metrics
+from daguerre.engine.client import EngineClient, JobHandle
+from daguerre.engine.jobs import (
+    Cancelled,
+    Failed,
+    Finished,
+    ImagesResult,
+    Job,
+    JobEvent,
+    Progress,
+    Queued,
+    Started,
+)
+from daguerre.errors import DaguerreError
+from daguerre.services.accounts import AccountService, TokenInfo, from_milli
+from daguerre.services.records import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    UNFINISHED,
+    InferenceRecord,
+    InferenceStore,
+    new_inference_id,
+)
+from daguerre.services.storage import Storage
+from daguerre.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CANCELLED_BY_CLIENT = "cancelled by the client; the credits were refunded"
+CLIENT_GONE = "cancelled: the client disconnected before the answer; the credits were refunded"
+NOT_RESTORED = "could not be queued again after a restart ({reason}); the credits were refunded"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request made ready to run: what the engine will do, what it costs, and the record's
+    versioned document (request + resolved values)."""
+
+    kind: str  # image | upscale | video
+    job: Job
+    cost: int  # millicredits
+    model_id: str
+    version: str
+    params: dict[str, Any]
+    # Files a restart needs, by role (init_image, first_frame): stored before the job is queued,
+    # their keys kept in the record's `files`.
+    inputs: dict[str, bytes] = field(default_factory=dict)
+
+
+class Planner(Protocol):
+    """What a serving module gives the lifecycle: the answer of a finished job, and its job
+    rebuilt from the record after a restart."""
+
+    def answer(self, record: InferenceRecord, base_url: str) -> BaseModel: ...
+
+    async def restore(self, record: InferenceRecord, inputs: dict[str, bytes]) -> Job: ...
+
+
+class Webhooks(Protocol):
+    """services/webhooks.py's WebhookService, as the lifecycle uses it."""
+
+    def check_url(self, url: str) -> None: ...
+
+    async def job_ended(self, token_id: int, inf_id: str, body: dict[str, Any], url: str | None = None) -> None: ...
+
+    def attempts(self, inf_id: str) -> list[dict[str, Any]]: ...
+
+
+class JobEnded(DaguerreError):
+    """A synchronous request's job failed or was cancelled; carries the engine's status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(eq=False)
+class _Live:
+    """A job of this process, while its runner follows it."""
+
+    record: InferenceRecord
+    handle: JobHandle
+    waited: bool  # a synchronous request is waiting for it
+    position: int | None = None
+    progress: tuple[int, int] | None = None
+    started: bool = False
+    cancel_reason: str | None = None
+    failure: JobEnded | None = None
+    # Every event so far, (id, name, data), for Server-Sent Events and their resumption.
+    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    listeners: list[asyncio.Queue[tuple[int, str, dict[str, Any]]]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def publish(self, name: str, data: dict[str, Any]) -> None:
+        event = (len(self.events) + 1, name, data)
+        self.events.append(event)
+        for queue in self.listeners:
+            queue.put_nowait(event)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start is not None and end is not None else None
+
+
+FINAL_ID = "end"
+_CLOSED: tuple[int, str, dict[str, Any]] = (0, "", {})
+FINAL_NAMES = {DONE: "finished", FAILED: "failed", CANCELLED: "cancelled"}
+
+
+class JobService:
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: AccountService,
+        inferences: InferenceStore,
+        storage: Storage,
+        engine: EngineClient,
+        webhooks: Webhooks,
+    ) -> None:
+        self.settings = settings
+        self.accounts = accounts
+        self.inferences = inferences
+        self.storage = storage
+        self.engine = engine
+        self.webhooks = webhooks
+        self.planners: dict[str, Planner] = {}
+        self._live: dict[str, _Live] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # Submitting
+
+    async def check_webhook(self, url: str | None) -> None:
+        """Refuse a webhook_url before anything is charged (off the loop: it resolves the host)."""
+        if url is not None:
+            await to_thread.run_sync(self.webhooks.check_url, url)
+
+    async def submit(
+        self, token: TokenInfo, plan: Plan, base_url: str, *, webhook_url: str | None = None, waited: bool = False
+    ) -> tuple[str, int]:
+        """Charge and queue a planned job; its id and queue position. Refusals (credits, too many
+        queued, a bad webhook_url, a full queue) cost nothing."""
+        await self.check_webhook(webhook_url)
+        self.accounts.check_affordable(token, plan.cost)  # before any input is stored
+        inf_id = new_inference_id()
+
+        def store_and_open() -> None:
+            files = {}
+            for role, data in plan.inputs.items():
+                files[role] = self.storage.new_key("inputs", ".png")
+                self.storage.put(files[role], data)
+            self.inferences.open(
+                inf_id,
+                token.id,
+                plan.kind,
+                plan.model_id,
+                plan.version,
+                plan.params,
+                plan.cost,
+                webhook_url=webhook_url,
+                base_url=base_url,
+                files=files or None,
+                max_unfinished=self.settings.max_queued_per_token,
+            )
+
+        await to_thread.run_sync(store_and_open)
+        record = await to_thread.run_sync(self.inferences.find, inf_id)
+        assert record is not None  # just written
+        try:
+            handle = await self.engine.submit(inf_id, plan.job, str(token.id))
+        except DaguerreError as exc:
+            await to_thread.run_sync(self.inferences.end, inf_id, FAILED, exc.message)
+            raise
+        metrics.job_submitted(plan.kind)
+        metrics.credits_charged(plan.cost)
+        live = self._follow(record, handle, waited)
+        # The engine's Queued event is on its way to the loop; the position it will say is the
+        # place in the queue now, which the answer reports at once.
+        position = await self._first_position(live)
+        return inf_id, position
+
+    async def _first_position(self, live: _Live) -> int:
+        for _ in range(100):
+            if live.position is not None or live.started or live.ended.is_set():
+                break
+            await asyncio.sleep(0)
+        return live.position or 0
+
+    def _follow(self, record: InferenceRecord, handle: JobHandle, waited: bool) -> _Live:
+        live = _Live(record, handle, waited)
+        self._live[record.id] = live
+        task = asyncio.create_task(self._run(live), name=f"job {record.id}")
+        self._runners.add(task)
+        task.add_done_callback(self._runners.discard)
+        return live
+
+    async def wait(self, inf_id: str) -> InferenceRecord:
+        """The finished record of a job this process runs; raises JobEnded if it did not finish."""
+        live = self._live.get(inf_id)
+        if live is not None:
+            await live.ended.wait()
+            if live.failure is not None:
+                raise live.failure
+        record = await to_thread.run_sync(self.inferences.find, inf_id)
+        if record is None or record.status != DONE:
+            raise JobEnded(record.error if record else f"inference {inf_id} not found", 500)
+        return record
+
+    def abandon(self, inf_id: str) -> None:
+        """The synchronous client went away: cancel its job, unless the setting keeps it."""
+        live = self._live.get(inf_id)
+        if live is None or self.settings.keep_running_on_disconnect:
+            return
+        live.cancel_reason = CLIENT_GONE
+        live.handle.cancel()
+
+    # The runner
+
+    async def _run(self, live: _Live) -> None:
+        with metrics.job_context(live.record.id):  # the runner's log lines carry the job's id
+            await self._follow_events(live)
+
+    async def _follow_events(self, live: _Live) -> None:
+        try:
+            async for event in live.handle.events():
+                await self._on_event(live, event)
+        except Exception:
+            log.exception("the runner of job %s failed", live.record.id)
+            await to_thread.run_sync(
+                self.inferences.end, live.record.id, FAILED, "failed: the server could not follow this job"
+            )
+        finally:
+            self._live.pop(live.record.id, None)
+            live.ended.set()
+            for queue in live.listeners:
+                queue.put_nowait(_CLOSED)  # ends streams that wait for a final event no longer coming
+
+    async def _on_event(self, live: _Live, event: JobEvent) -> None:
+        inf_id = live.record.id
+        if isinstance(event, Queued):
+            live.position = event.position
+            live.publish("queued", {"queue_position": event.position})
+        elif isinstance(event, Started):
+            metrics.job_started(live.record.kind, _seconds(live.record.queued_at, datetime.now(UTC)) or 0.0)
+            await to_thread.run_sync(self.inferences.start, inf_id)
+            live.started, live.position = True, None
+            live.publish("started", {})
+        elif isinstance(event, Progress):
+            live.progress = (event.step, event.total)
+            live.publish("progress", _progress(event.step, event.total))
+        elif isinstance(event, Finished):
+            try:
+                await to_thread.run_sync(self._deliver, inf_id, event.result)
+            except Exception as exc:
+                message = exc.message if isinstance(exc, DaguerreError) else "failed: the result could not be stored"
+                if not isinstance(exc, DaguerreError):
+                    log.exception("storing the result of job %s failed", inf_id)
+                await self._end(live, FAILED, message, None, 500)
+                return
+            await self._ended(live)
+        elif isinstance(event, Failed):
+            if self._closing and not live.started and not live.waited:
+                # Nobody waits for it and it never started: it stays queued for the next start.
+                live.failure = JobEnded(event.message, event.status)
+                return
+            await self._end(live, FAILED, event.message, event.error_id, event.status)
+        elif isinstance(event, Cancelled):
+            await self._end(live, CANCELLED, live.cancel_reason or CANCELLED_BY_CLIENT, None, 409)
+
+    def _deliver(self, inf_id: str, result: Any) -> None:
+        files: dict[str, bytes] = {}
+        extra: dict[str, str] = {}
+        if isinstance(result, ImagesResult):
+            keys = [self.storage.new_key("images", result.extension) for _ in result.images]
+            files.update(zip(keys, result.images, strict=True))
+            if result.control_image is not None:
+                extra["control_image"] = self.storage.new_key("images", ".png")
+                files[extra["control_image"]] = result.control_image
+        else:
+            keys = [self.storage.new_key("videos", result.extension)]
+            files[keys[0]] = result.video
+        for key, data in files.items():
+            self.storage.put(key, data)
+        self.inferences.finish(inf_id, keys, extra or None)
+
+    async def _end(self, live: _Live, status: str, message: str, error_id: str | None, http_status: int) -> None:
+        if await to_thread.run_sync(self.inferences.end, live.record.id, status, message, error_id):
+            metrics.credits_refunded(live.record.credit_cost)
+        live.failure = JobEnded(message, http_status)
+        await self._ended(live)
+
+    async def _ended(self, live: _Live) -> None:
+        record = await to_thread.run_sync(self.inferences.find, live.record.id)
+        assert record is not None
+        live.record = record
+        body = self.status_body(record)
+        live.publish(FINAL_NAMES.get(record.status, record.status), body)
+        duration = _seconds(record.queued_at, record.finished_at or datetime.now(UTC)) or 0.0
+        metrics.job_ended(record.kind, record.status, duration)
+        error = f": {record.error}" if record.error else ""
+        log.info("%s job %s %s in %.3f s%s", record.kind, record.id, record.status, duration, error)
+        if record.webhook_url:
+            await self.webhooks.job_ended(record.token_id, record.id, body, url=record.webhook_url)
+
+    # What clients read
+
+    def status_body(self, record: InferenceRecord, base_url: str | None = None) -> dict[str, Any]:
+        """GET /api/jobs/{inf_id}'s answer; also the body of final events and webhooks. URLs start
+        with `base_url` (the asking request's), else with the base of the request that made it."""
+        live = self._live.get(record.id)
+        body: dict[str, Any] = {
+            "error_code": 0,
+            "inf_id": record.id,
+            "kind": record.kind,
+            "status": record.status if live is None or record.status not in UNFINISHED else _live_status(live),
+            "queue_position": live.position if live is not None and not live.started else None,
+            "progress": _progress(*live.progress) if live is not None and live.progress else None,
+            "attempts": record.attempts,
+            "queued_at": _iso(record.queued_at),
+            "started_at": _iso(record.started_at),
+            "finished_at": _iso(record.finished_at),
+            "queue_wait_s": _seconds(record.queued_at, record.started_at),
+            "run_s": _seconds(record.started_at, record.finished_at),
+            "credit_cost": from_milli(record.credit_cost),
+        }
+        if record.status in (FAILED, CANCELLED):
+            body["message"] = record.error
+            if record.error_id:
+                body["error_id"] = record.error_id
+        if record.webhook_url:
+            body["webhook_url"] = record.webhook_url
+            body["webhook_attempts"] = self.webhooks.attempts(record.id)
+        if record.status == DONE and record.kind in self.planners:
+            answer = self.planners[record.kind].answer(record, base_url or record.base_url)
+            body.update(answer.model_dump(mode="json", exclude_none=True, exclude={"error_code"}))
+        return body
+
+    async def status(self, token_id: int, inf_id: str, base_url: str | None = None) -> dict[str, Any]:
+        return self.status_body(await to_thread.run_sync(self.inferences.get, inf_id, token_id), base_url)
+
+    async def cancel(self, token_id: int, inf_id: str, base_url: str | None = None) -> dict[str, Any]:
+        record = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
+        if record.status not in UNFINISHED:
+            raise CannotCancel(f"inference {inf_id} has already ended ({record.status}); there is nothing to cancel")
+        live = self._live.get(inf_id)
+        if live is not None:
+            live.cancel_reason = CANCELLED_BY_CLIENT
+            if live.handle.cancel():
+                await live.ended.wait()
+        else:
+            # Not in this process's engine (between its record and its submission): end it here.
+            await to_thread.run_sync(self.inferences.end, inf_id, CANCELLED, CANCELLED_BY_CLIENT)
+        final = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
+        if final.status in UNFINISHED:
+            raise CannotCancel(f"inference {inf_id} could not be cancelled")
+        return self.status_body(final, base_url)
+
+    async def events(
+        self, token_id: int, inf_id: str, last_event_id: str | None, base_url: str | None = None
+    ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+        """Every event of a job as (id, name, data), after `last_event_id`; ends after the final
+        one, whose id is always "end". A job that has ended replays its final event, unless the
+        client says it has it (Last-Event-ID: end)."""
+        record = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        live = self._live.get(inf_id)
+        if live is None:
+            async for replayed in self._events_without_runner(record, last_event_id, base_url):
+                yield replayed
+            return
+        queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
+        backlog = [event for event in live.events if event[0] > after]
+        live.listeners.append(queue)  # no await since the backlog was read: nothing is missed
+        try:
+            for event in backlog:
+                queue.put_nowait(event)
+            while True:
+                seq, name, data = await queue.get()
+                if seq == _CLOSED[0]:
+                    return
+                if name in FINAL_NAMES.values():
+                    yield FINAL_ID, name, self.status_body(live.record, base_url)
+                    return
+                yield str(seq), name, data
+        finally:
+            live.listeners.remove(queue)
+
+    async def _events_without_runner(
+        self, record: InferenceRecord, last_event_id: str | None, base_url: str | None
+    ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+        # Ended (or queued, left by a shutdown): one event says where it stands; a final one is
+        # replayed unless the client already has it.
+        while record.status in UNFINISHED:
+            live = self._live.get(record.id)
+            if live is not None or self._closing:
+                break
+            await asyncio.sleep(0.5)
+            found = await to_thread.run_sync(self.inferences.find, record.id)
+            if found is None:
+                return
+            record = found
+        if record.status in UNFINISHED:
+            yield "0", "queued" if record.status == QUEUED else "started", self.status_body(record, base_url)
+            return
+        if last_event_id != FINAL_ID:
+            yield FINAL_ID, FINAL_NAMES[record.status], self.status_body(record, base_url)
+
+    async def recent(
+        self, token_id: int, limit: int, before: str | None, base_url: str | None = None
+    ) -> dict[str, Any]:
+        records = await to_thread.run_sync(self.inferences.recent, token_id, limit + 1, before)
+        page = records[:limit]
+        return {
+            "error_code": 0,
+            "jobs": [self.status_body(record, base_url) for record in page],
+            "next_before": page[-1].id if len(records) > limit else None,
+        }
+
+    # Starting and stopping
+
+    async def recover(self) -> list[str]:
+        """Submit again, in their order, the jobs a stopped server left queued (and those it was
+        running, once). A job that cannot be planned again is failed and refunded, saying why."""
+        records = await to_thread.run_sync(self.inferences.recover)
+        resumed = []
+        for record in records:
+            try:
+                planner = self.planners[record.kind]
+                inputs = await to_thread.run_sync(self._inputs, record)
+                job = await planner.restore(record, inputs)
+                handle = await self.engine.submit(record.id, job, str(record.token_id), readmitted=True)
+            except (DaguerreError, KeyError) as exc:
+                reason = exc.message if isinstance(exc, DaguerreError) else f"unknown kind {record.kind}"
+                await to_thread.run_sync(self.inferences.end, record.id, FAILED, NOT_RESTORED.format(reason=reason))
+                continue
+            self._follow(record, handle, waited=False)
+            resumed.append(record.id)
+        return resumed
+
+    def _inputs(self, record: InferenceRecord) -> dict[str, bytes]:
+        roles = ("init_image", "first_frame")
+        return {role: self.storage.get(key) for role, key in (record.files or {}).items() if role in roles}
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Stop the engine (see EngineClient.close), then let every runner record its ending."""
+        self._closing = True
+        await self.engine.close(grace_s)
+        runners = list(self._runners)
+        if runners:
+            await asyncio.wait(runners, timeout=30)
+
+
+class CannotCancel(DaguerreError):
+    status = 409
+
+
+def _progress(step: int, total: int) -> dict[str, Any]:
+    return {"step": step, "total": total, "fraction": round(step / total, 4) if total else 0.0}
+
+
+def _live_status(live: _Live) -> str:
+    return RUNNING if live.started else QUEUED
