@@ -17,6 +17,15 @@ from fastapi.staticfiles import StaticFiles
 
 ASSETS = Path(__file__).resolve().parent.parent / "static" / "docs"
 ASSETS_URL = "/static/docs"
+# Everything from this server: an asset that would reach another host is refused by the browser
+# before any request leaves (ReDoc's sidebar loads Redocly's logo from their CDN, unconditionally).
+# Inline scripts and styles are allowed because FastAPI's Swagger page starts Swagger UI with an
+# inline script and ReDoc's styles are injected at run time; this policy keeps hosts out, it is not
+# the XSS defence of an application page. ReDoc builds its search worker from a blob: URL.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 
 router = APIRouter()
 
@@ -35,7 +44,7 @@ def _openapi_url(request: Request) -> str:
 @router.get("/docs", include_in_schema=False)
 async def swagger_ui(request: Request) -> HTMLResponse:
     assets = f"{_root(request)}{ASSETS_URL}/swagger-ui"
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=_openapi_url(request),
         title=f"{request.app.title} - Swagger UI",
         swagger_js_url=f"{assets}/swagger-ui-bundle.js",
@@ -44,17 +53,21 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         # The API authenticates with a token field, not OAuth: no redirect page to offer.
         oauth2_redirect_url=None,
     )
+    page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return page
 
 
 @router.get("/redoc", include_in_schema=False)
 async def redoc(request: Request) -> HTMLResponse:
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url=_openapi_url(request),
         title=f"{request.app.title} - ReDoc",
         redoc_js_url=f"{_root(request)}{ASSETS_URL}/redoc/redoc.standalone.js",
         redoc_favicon_url=f"{_root(request)}{ASSETS_URL}/swagger-ui/favicon-32x32.png",
         with_google_fonts=False,
     )
+    page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return page
 
 
 def install_docs(app: FastAPI) -> None:
