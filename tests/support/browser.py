@@ -102,7 +102,12 @@ class BrowserRun:
 
 def run_scenarios(module: str, out_dir: Path, timeout_s: float = 240) -> BrowserRun:
     """Runs every `scenario_*` function of `module` (e.g. "tests.browser.docs_pages") in a fresh
-    network namespace, with the server and the browser started there; screenshots go to out_dir."""
+    network namespace, with the server and the browser started there; screenshots go to out_dir.
+
+    The scenarios run in name order against one server (the demo model, one token: what one changes,
+    credits or records, the next sees), each in its own browser context (no shared cookies or
+    storage). About 20 s go to building the demo model and starting the server, a few to Chromium.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [
         "unshare",
