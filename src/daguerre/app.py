@@ -18,6 +18,7 @@ from daguerre.api.envelope import install_error_handlers
 from daguerre.api.redaction import install_redaction
 from daguerre.api.routes import files, health, inference, jobs, models, upscale, video
 from daguerre.api.routes import metrics as metrics_route
+from daguerre.api.routes.docs import install_docs
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
 from daguerre.settings import Settings
@@ -73,6 +74,9 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         version=__version__,
         summary="Self-hosted image and video generation that speaks the SinkIn API",
         lifespan=lifespan,
+        # Served by install_docs from the package's own copies of the assets, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     install_redaction()
     for module in (inference, models, upscale, video, jobs, files, health):
         app.include_router(module.router)
+    install_docs(app)
     return app
 
 
