@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from daguerre.services.accounts import new_webhook_secret
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +114,9 @@ def test_readme_python_examples_run(server: tuple[str, str], tmp_path: Path) -> 
     url, token = server
     blocks = readme_blocks("python")
     assert blocks
-    env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token}
+    # The webhook recipe reads the token's secret; any well-formed one will do for it to run.
+    secret = new_webhook_secret()
+    env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token, "DAGUERRE_WEBHOOK_SECRET": secret}
     for code in blocks:
         result = subprocess.run(
             [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300

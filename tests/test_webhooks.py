@@ -320,12 +320,13 @@ def test_the_server_starts_and_stops_the_delivery_loop(tmp_path: Path) -> None:
         assert verified(services.accounts.webhook_secret(token_id), call) == BODY
 
 
-def test_the_readme_recipe_verifies_a_delivery(world: World) -> None:
+def test_the_readme_recipe_verifies_a_delivery(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme[readme.index("### Webhooks") :]
     recipe = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
     namespace: dict[str, Any] = {}
-    exec(recipe.replace("whsec_...", world.secret), namespace)
+    monkeypatch.setenv("DAGUERRE_WEBHOOK_SECRET", world.secret)
+    exec(recipe, namespace)
 
     async def scenario() -> None:
         service = world.service()
