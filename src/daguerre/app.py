@@ -38,6 +38,7 @@ def default_engine(settings: Settings) -> EngineClient:
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
         shutdown_grace_s=settings.shutdown_grace_s,
+        max_prompt_chunks=settings.max_prompt_chunks,
         video_cpu_offload=settings.video.cpu_offload,
         video_vae_tiling=settings.video.vae_tiling,
         model_cache_bytes=settings.model_cache.max_bytes,

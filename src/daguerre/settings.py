@@ -161,6 +161,9 @@ class Settings(BaseSettings):
 
     # Request limits (README "Errors" and "Reliability"): every body is read no further than these.
     max_prompt_chars: int = Field(8000, ge=1, description="longest prompt and negative_prompt, in characters")
+    max_prompt_chunks: int = Field(
+        40, ge=1, description="longest prompt and negative_prompt, in chunks of 75 CLIP tokens (3,000 tokens)"
+    )
     max_form_bytes: int = Field(
         1024 * 1024,
         ge=1024,

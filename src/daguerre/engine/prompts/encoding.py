@@ -15,6 +15,7 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from daguerre.engine.prompts.syntax import Break, Fragment, parse_prompt
+from daguerre.errors import InvalidParameter
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -105,6 +106,21 @@ def _restore_mean(hidden: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
         & (after.abs() >= MEAN_RESTORE_MIN * magnitude)
     )
     return torch.where(sound, weighted * ratio.to(weighted.dtype), weighted)
+
+
+def check_prompt_length(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, max_chunks: int) -> None:
+    """Refuse a prompt of more than `max_chunks` CLIP chunks before anything is encoded: the text
+    encoder's work, and every denoising step's cross-attention, grow with the chunk count, which
+    the price does not follow. The character limit (protocol) bounds the text; this bounds what
+    the tokenizer makes of it (a prompt of emoji or rare words takes several tokens a character)."""
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        count = len(weighted_chunks(tokenizer, text))
+        if count > max_chunks:
+            raise InvalidParameter(
+                name,
+                f"invalid {name}: {count} chunks of {CHUNK} CLIP tokens, more than this server's limit of "
+                f"{max_chunks} (setting max_prompt_chunks)",
+            )
 
 
 def encode_prompt_pair(

@@ -83,6 +83,7 @@ from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.text_to_image import text_to_image
 from daguerre.engine.pipelines.upscaling import Upscaler, load_upscaler, upscale
 from daguerre.engine.pipelines.video_encoding import encode_mp4
+from daguerre.engine.prompts.encoding import check_prompt_length
 from daguerre.engine.runtime.devices import pick_device, pick_dtype
 from daguerre.engine.runtime.failures import JobCancelled, new_error_id, stage
 from daguerre.engine.runtime.memory import default_budget, estimate_bytes, resident_bytes
@@ -322,6 +323,7 @@ class LocalEngine(EngineClient):
         max_loras: int = DEFAULT_MAX_ADAPTERS,
         max_lora_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
         shutdown_grace_s: float = 30.0,
+        max_prompt_chunks: int = 40,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -341,6 +343,7 @@ class LocalEngine(EngineClient):
         self._video_cpu_offload = video_cpu_offload
         self._video_vae_tiling = video_vae_tiling
         self._shutdown_grace_s = shutdown_grace_s
+        self._max_prompt_chunks = max_prompt_chunks
         self._worker: _Worker | None = None
 
     async def start(self) -> None:
@@ -446,6 +449,7 @@ class LocalEngine(EngineClient):
                 return ImagesResult((upscale(upscaler, job, progress),))
         if isinstance(job, HiresFixJob):
             loaded = self.pipeline(job.render.model)
+            self.check_prompts(loaded, job.render.prompt, job.render.negative_prompt)
             # The re-render uses the original inference's LoRAs too.
             self.loras(loaded, job.render.loras)
             hires_upscaler = self.upscaler(job.upscaler) if job.upscaler else None
@@ -458,6 +462,7 @@ class LocalEngine(EngineClient):
         if not isinstance(job, TextToImageJob):
             raise TypeError(f"unknown job type {type(job).__name__}")
         loaded = self.pipeline(job.model)
+        self.check_prompts(loaded, job.prompt, job.negative_prompt)
         self.loras(loaded, job.loras)
         if isinstance(job, ControlNetJob):
             control_map = self.control_map(job)
@@ -479,6 +484,9 @@ class LocalEngine(EngineClient):
 
         with stage(f"loading model {spec.id} (version {spec.version})"):
             return self.cache.get(spec, load, estimate_bytes(spec.path))
+
+    def check_prompts(self, loaded: LoadedPipeline, prompt: str, negative_prompt: str) -> None:
+        check_prompt_length(loaded.pipe.tokenizer, prompt, negative_prompt, self._max_prompt_chunks)
 
     def loras(self, loaded: LoadedPipeline, loras: tuple[LoraSpec, ...]) -> None:
         names = ", ".join(f"{spec.id} (version {spec.version})" for spec in loras)
@@ -534,6 +542,7 @@ class LocalEngine(EngineClient):
         if job.motion_adapter is None:
             raise ValueError("an AnimateDiff job needs a motion adapter")
         base = self.pipeline(job.model)
+        self.check_prompts(base, job.prompt, job.negative_prompt)
         # The motion pipeline shares the base text encoder, so no LoRA of an earlier image job may
         # stay active; and it copies the base UNet's weights when built, which needs plain layers.
         self.loras(base, ())
