@@ -11,13 +11,10 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from daguerre.app import create_app
 from daguerre.demo.tiny_models import (
     build_tiny_controlnet,
     build_tiny_depth_annotator,
@@ -28,11 +25,9 @@ from daguerre.demo.tiny_models import (
     build_tiny_sd15,
     build_tiny_wan,
 )
-from daguerre.engine.client import EngineClient
 from daguerre.engine.runtime.local import LocalEngine
-from daguerre.services.catalog import Format, NewModel
 from daguerre.settings import Settings, VideoSettings
-from tests.support.api import Api, RecordingEngine, register
+from tests.support.api import Api, RecordingEngine, register, serve
 from tests.support.servers import free_port
 from tests.support.single_file import export_single_file, skeleton_of
 
@@ -65,16 +60,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> LocalEngine:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data")
-
-
-@contextmanager
-def serve(settings: Settings, engine: EngineClient, tiny_sd15: Path, credits: float) -> Iterator[Api]:
-    """An app on `engine` with the tiny SD 1.5 model registered as "tiny" and a funded token."""
-    with TestClient(create_app(settings, engine=engine), base_url="http://testserver") as client:
-        services = client.app.state.services  # type: ignore[attr-defined]
-        services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
-        token, _ = services.accounts.create_token(name="test", credits=credits)
-        yield Api(client, token)
 
 
 @pytest.fixture

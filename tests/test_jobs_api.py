@@ -15,8 +15,7 @@ from standardwebhooks import Webhook
 
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.settings import Settings, WebhookSettings
-from tests.conftest import serve
-from tests.support.api import SMALL, Api, register
+from tests.support.api import SMALL, Api, register, serve
 from tests.support.video import FAST
 from tests.support.webhooks import webhook_receiver
 

@@ -4,12 +4,15 @@ does it, and the recording engine."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from daguerre.app import create_app
 from daguerre.engine.client import EngineClient, JobHandle
 from daguerre.engine.jobs import (
     EngineStatus,
@@ -27,6 +30,7 @@ from daguerre.engine.jobs import (
 from daguerre.services.catalog import Format, Kind, ModelRecord, NewModel
 from daguerre.services.container import Services
 from daguerre.services.probing import inspect_model
+from daguerre.settings import Settings
 
 SMALL = {"width": 128, "height": 128, "steps": 2, "num_images": 1}
 
@@ -136,3 +140,13 @@ class RecordingEngine(EngineClient):
             Failed("generation failed: the engine broke on purpose") if self.fail else Finished(fake_result(job))
         )
         return answered(job_id, [Queued(0), Started(), final])
+
+
+@contextmanager
+def serve(settings: Settings, engine: EngineClient, tiny_sd15: Path, credits: float) -> Iterator[Api]:
+    """An app on `engine` with the tiny SD 1.5 model registered as "tiny" and a funded token."""
+    with TestClient(create_app(settings, engine=engine), base_url="http://testserver") as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        services.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id="tiny", title="Tiny"))
+        token, _ = services.accounts.create_token(name="test", credits=credits)
+        yield Api(client, token)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any
 
 from anyio import to_thread
 
@@ -45,22 +45,6 @@ from daguerre.settings import Settings
 # model's default scale is for ordinary sampling, so it does not apply).
 LCM_STEPS = 6
 LCM_SCALE = 1.5
-
-
-class _ImageJobFields(TypedDict):
-    """The fields every image job shares (TextToImageJob's); mypy checks them when they are
-    unpacked into TextToImageJob or one of its subclasses."""
-
-    model: ModelSpec
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    scheduler: str
-    seeds: tuple[int, ...]
-    loras: tuple[LoraSpec, ...]
 
 
 def model_spec(model: ModelRecord, version: Version) -> ModelSpec:
