@@ -1,13 +1,15 @@
 """Responsiveness: p50/p99 latency of `GET /health`, `GET /api/jobs/{id}` and `POST /api/models`
-against a real `daguerre serve --demo` process, first with the worker idle, then while it runs
-back-to-back generations; printed side by side with the ratio busy/idle (target: p99 ratio at most
-2, i.e. the event loop never waits on the worker).
+against a real `daguerre serve --demo` process, with the worker idle and while it runs back-to-back
+generations; printed side by side with the ratio busy/idle (target: p99 ratio at most 2, i.e. the
+event loop never waits on the worker). Idle and busy windows alternate, so the load of whatever
+else runs on the machine falls on both alike; the load average is printed with the figures.
 
 Busy: feeder threads keep two async generations in flight (demo model, 128x128, 30 steps each),
 each followed over Server-Sent Events as a client would, so the worker never waits for work and the
 loop also streams their progress. The probes are sequential, one keep-alive connection, endpoints
 interleaved and paced over the phase so they sample every part of several generations.
-    python bench/responsiveness.py [--requests 300] [--seconds 40] [--steps 30] [--size 128]
+    python bench/responsiveness.py [--requests 300] [--seconds 40] [--rounds 4] [--steps 30] [--size 128]
+The server gets this process's environment: `OMP_NUM_THREADS=1` runs it with one torch thread.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +41,8 @@ def free_port() -> int:
 
 def start_server(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
     command = [sys.executable, "-m", "daguerre", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
-    log = (data_dir / "server.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    with (data_dir / "server.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -56,8 +59,7 @@ def start_server(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], st
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
 
 
 def measure(probes: dict[str, Callable[[], None]], requests: int, seconds: float) -> dict[str, list[float]]:
@@ -151,7 +153,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="daguerre-bench-"))
+    with tempfile.TemporaryDirectory(prefix="daguerre-bench-") as folder:
+        run(args, Path(folder))
+
+
+def run(args: argparse.Namespace, data_dir: Path) -> None:
     load_before = os.getloadavg()
     process, url = start_server(data_dir, free_port())
     try:
@@ -180,8 +186,6 @@ def main() -> None:
             "POST /api/models": lambda: ok(client.post("/api/models", data={"access_token": token})),
         }
         measure(probes, 20, 5)  # warm-up of the probes themselves
-        # Idle and busy windows alternate, so the load of whatever else runs on the machine falls
-        # on both alike.
         idle: dict[str, list[float]] = {name: [] for name in probes}
         busy: dict[str, list[float]] = {name: [] for name in probes}
         requests, seconds = max(1, args.requests // args.rounds), args.seconds / args.rounds
