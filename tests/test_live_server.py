@@ -47,9 +47,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
         process.wait(timeout=30)
 
 
+# The README's code blocks by language: python and bash (those with curl) run below; javascript
+# runs in a browser (tests/test_readme_eventsource.py); the rest are not programs to run.
+RUN_HERE = {"python", "bash"}
+RUN_ELSEWHERE = {"javascript"}
+NOT_RUN = {"", "yaml"}
+
+
 def readme_blocks(language: str) -> list[str]:
     text = (ROOT / "README.md").read_text()
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_every_readme_block_language_is_run_or_named() -> None:
+    text = (ROOT / "README.md").read_text()
+    languages = set(re.findall(r"^```(\w*)\n(?:.*?)^```$", text, flags=re.DOTALL | re.MULTILINE))
+    assert languages <= RUN_HERE | RUN_ELSEWHERE | NOT_RUN, languages - (RUN_HERE | RUN_ELSEWHERE | NOT_RUN)
+    assert languages >= RUN_HERE | RUN_ELSEWHERE
 
 
 def test_serve_prints_the_url_and_a_working_demo_token(server: tuple[str, str]) -> None:
