@@ -65,6 +65,9 @@ def serve_demo(data_dir: Path, threads: int | None) -> Iterator[tuple[str, float
 
 def register_exact_model(data_dir: Path) -> None:
     """The tests' topology-exact tiny SD 1.5 model, next to the demo model."""
+    from daguerre.quiet import quiet_third_party
+
+    quiet_third_party()
     from daguerre.demo.tiny_models import build_tiny_sd15
     from daguerre.services.catalog import Format, NewModel
     from daguerre.services.container import open_database
