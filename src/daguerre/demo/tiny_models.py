@@ -3,7 +3,8 @@
 They keep the real SD 1.5 topology and key layout (four UNet levels, a four-level VAE with scale
 factor 8, a CLIP text encoder with the real 49408-token vocabulary) at widths small enough to run
 on a CPU in a fraction of a second, the way diffusers' own test suite builds its dummy components.
-Their outputs are noise.
+The demo's image model (`build_demo_sd15`) keeps the key layout but not the topology: it trades
+attention levels and depth for speed at full-size requests. Their outputs are noise.
 """
 
 from __future__ import annotations
@@ -67,11 +68,6 @@ def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
     return _save_sd15(folder, unet, vae)
 
 
-# The demo's UNet, shared with the motion adapter built to animate it.
-DEMO_UNET_CHANNELS = (16, 32, 64, 64)
-DEMO_UNET_LAYERS_PER_BLOCK = 1
-
-
 def build_demo_sd15(folder: Path, seed: int = 0) -> Path:
     """Write the demo's image model: SD 1.5's pipeline class, block types and key naming, in a
     topology chosen for speed on a CPU, so that the contract's default request (512x768, 30 steps,
@@ -85,8 +81,8 @@ def build_demo_sd15(folder: Path, seed: int = 0) -> Path:
     in SD 1.5. The tests keep the topology-exact `build_tiny_sd15`."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=DEMO_UNET_CHANNELS,
-        layers_per_block=DEMO_UNET_LAYERS_PER_BLOCK,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
         in_channels=4,
