@@ -9,31 +9,43 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from daguerre.services.accounts import new_webhook_secret
+from tests.support.images import photo, png
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+@dataclass
+class DemoServer:
+    url: str
+    token: str
+    stdout: Path
+    stderr: Path
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     data_dir = tmp_path_factory.mktemp("live")
     port = free_port()
     command = [sys.executable, "-m", "daguerre", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
     # The documented CPU-demo setting: the README's video examples render small, not at true 480p.
     env = {**os.environ, "DAGUERRE_VIDEO__RESOLUTION_SCALE": "0.125"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    stdout, stderr = data_dir.parent / "serve.out", data_dir.parent / "serve.err"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+            assert process.poll() is None, stdout.read_text() + stderr.read_text()
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
@@ -41,10 +53,51 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                 time.sleep(0.5)
         else:
             pytest.fail("the server did not start")
-        yield url, (data_dir / "demo-token").read_text().strip()
+        yield DemoServer(url, (data_dir / "demo-token").read_text().strip(), stdout, stderr)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(live: DemoServer) -> tuple[str, str]:
+    return live.url, live.token
+
+
+# What quiet.py filters, as the libraries word it; none may reach a newcomer's terminal.
+THIRD_PARTY_NOISE = (
+    "torch.jit.script` is deprecated",
+    "The module 'mediapipe' is not installed",
+    "Importing from timm.models",
+    "in registry with controlnet_aux",
+    "it/s]",  # a tqdm progress bar
+)
+
+
+def test_serve_demo_prints_the_url_and_the_token_and_no_third_party_noise(live: DemoServer) -> None:
+    # The openpose preprocessing imports controlnet_aux, the source of most of the noise.
+    controlnet = httpx.post(
+        f"{live.url}/api/inference",
+        data={
+            "access_token": live.token,
+            "model_id": "demo",
+            "prompt": "p",
+            "width": 128,
+            "height": 128,
+            "steps": 2,
+            "num_images": 1,
+            "controlnet": "openpose",
+        },
+        files={"init_image_file": ("p.png", png(photo()), "image/png")},
+        timeout=120,
+    ).json()
+    assert controlnet["error_code"] == 0, controlnet
+    lines = live.stdout.read_text().splitlines()
+    ours = [line for line in lines if not line.startswith("INFO:")]  # uvicorn's access lines follow ours
+    assert any(line.startswith(f"daguerre on {live.url}") for line in ours), lines
+    assert ours[-2].startswith("demo access token") and ours[-1] == live.token, lines
+    printed = live.stdout.read_text() + live.stderr.read_text()
+    assert not [noise for noise in THIRD_PARTY_NOISE if noise in printed], printed
 
 
 # The README's code blocks by language: python and bash (those with curl) run below; javascript
@@ -100,10 +153,7 @@ def test_health_answers_while_a_generation_runs(server: tuple[str, str]) -> None
                 "access_token": token,
                 "model_id": "demo",
                 "prompt": "p",
-                "width": 256,
-                "height": 256,
-                "steps": 12,
-                "num_images": 1,
+                "num_images": 1,  # otherwise the contract's defaults: 512x768, 30 steps
             },
             timeout=300,
         )

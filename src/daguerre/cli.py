@@ -52,31 +52,55 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port")] = None,
     data_dir: DataDir = None,
-    demo: Annotated[bool, typer.Option("--demo", help="Install the demo model and print a demo token")] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="Install the demo models and print a demo token")] = False,
 ) -> None:
     """Start the HTTP server."""
+    from daguerre.quiet import quiet_third_party
+
+    quiet_third_party()  # before anything imports the libraries it quiets
     from daguerre.app import GracefulServer, create_app
-    from daguerre.demo.install import demo_token, install_demo
+    from daguerre.demo.install import demo_token
 
     settings = _settings(data_dir)
     settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
     token = None
     if demo:
         database = _database(settings)
-        with console.status("Installing the demo models (tiny random weights)..."):
-            install_demo(settings, database.catalog)
+        _install_demo(settings, database)
         token = demo_token(settings, database.accounts)
         database.engine.dispose()
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
-    console.print(f"daguerre on [bold]{url}[/bold]  (data: {settings.data_dir})")
+    console.print(f"daguerre on [bold]{url}[/bold]  (data: {settings.data_dir})", soft_wrap=True)
     if token:
         console.print(
-            "demo model ids: [bold]demo[/bold] (images, and clips via AnimateDiff), "
-            "[bold]demo-t2v[/bold] and [bold]demo-i2v[/bold] (video)"
+            "demo models (tiny random weights: they draw noise): [bold]demo[/bold] (images, and clips via "
+            "AnimateDiff), [bold]demo-t2v[/bold] and [bold]demo-i2v[/bold] (video)",
+            soft_wrap=True,
         )
-        console.print("demo access token:")
+        console.print(f"demo access token (also in {settings.data_dir / 'demo-token'}):", soft_wrap=True)
         print(token, flush=True)
     GracefulServer(create_app(settings), settings).run()
+
+
+def _install_demo(settings: Settings, database: Database) -> None:
+    """Builds what the demo lacks under one progress display naming each step; nothing to show
+    once it is installed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from daguerre.demo.install import DemoStep, install_demo, pending_demo_steps
+
+    steps = pending_demo_steps(database.catalog)
+    if not steps:
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("Building the demo models", total=len(steps))
+
+        def on_step(step: DemoStep) -> None:
+            progress.update(task, description=step.label, completed=steps.index(step))
+
+        install_demo(settings, database.catalog, on_step=on_step)
+        progress.update(task, description="Built the demo models (tiny random weights)", completed=len(steps))
 
 
 @tokens_app.command("create")

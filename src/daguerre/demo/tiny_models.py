@@ -3,11 +3,13 @@
 They keep the real SD 1.5 topology and key layout (four UNet levels, a four-level VAE with scale
 factor 8, a CLIP text encoder with the real 49408-token vocabulary) at widths small enough to run
 on a CPU in a fraction of a second, the way diffusers' own test suite builds its dummy components.
-Their outputs are noise.
+The demo's image model (`build_demo_sd15`) keeps the key layout but not the topology: it trades
+attention levels and depth for speed at full-size requests. Their outputs are noise.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -63,6 +65,51 @@ def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
         latent_channels=4,
         sample_size=64,
     )
+    return _save_sd15(folder, unet, vae)
+
+
+def build_demo_sd15(folder: Path, seed: int = 0) -> Path:
+    """Write the demo's image model: SD 1.5's pipeline class, block types and key naming, in a
+    topology chosen for speed on a CPU, so that the contract's default request (512x768, 30 steps,
+    guidance on) answers in seconds. Its outputs are noise, like every model here.
+
+    At 512x768 the tiny test model spends nearly all its time in self-attention over the
+    6144-token latent of the top levels (SD 1.5 attends at the three highest resolutions); here
+    only the lowest resolution (the last level, 8x12 tokens, and the mid block) attends, with one
+    layer per block; the VAE has one layer per block and no mid-block attention (it would attend
+    over the whole latent), and keeps four levels, so the scale factor stays 8 and sizes behave as
+    in SD 1.5. The tests keep the topology-exact `build_tiny_sd15`."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=512,
+        mid_block_add_attention=False,
+    )
+    return _save_sd15(folder, unet, vae)
+
+
+def _save_sd15(folder: Path, unet: UNet2DConditionModel, vae: AutoencoderKL) -> Path:
+    """An SD 1.5 pipeline folder around `unet` and `vae`: a 2-layer CLIP text encoder with the real
+    vocabulary, the real tokenizer and SD 1.5's scheduler settings."""
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=32,
@@ -146,7 +193,7 @@ def _randomize(parameters: list[torch.Tensor], std: float) -> None:
 
 
 def build_tiny_lora(
-    pipeline_folder: Path,
+    base: Path | StableDiffusionPipeline,
     target: Path,
     layout: str = "diffusers",
     seed: int = 0,
@@ -157,23 +204,24 @@ def build_tiny_lora(
     write it) or the kohya/A1111 one (`lora_unet_…lora_down`, `lora_te_…`, with alphas), as
     Civitai LoRAs are. `extra_unet_targets` adds UNet layers, e.g. ("proj_in", "proj_out") as
     diffusers' training scripts target them; in the diffusers layout those keep peft's names
-    (`proj_in.lora_A`), so the file mixes both naming schemes, as those scripts' files do."""
+    (`proj_in.lora_A`), so the file mixes both naming schemes, as those scripts' files do.
+    `base` is the pipeline's folder, or the pipeline itself (left unchanged) when building several."""
     from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from peft import LoraConfig, get_peft_model_state_dict
 
-    pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True) if isinstance(base, Path) else base
+    # The adapters go on copies, so a pipeline passed in stays as it was for the next build.
+    unet_model, text_model = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
     torch.manual_seed(seed)
-    pipe.unet.add_adapter(
+    unet_model.add_adapter(
         LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", *extra_unet_targets])
     )
-    pipe.text_encoder.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
-    )
+    text_model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
     # peft starts lora_B at zero (no effect); random both ways so the LoRA visibly changes the image.
-    for model in (pipe.unet, pipe.text_encoder):
+    for model in (unet_model, text_model):
         _randomize([p for n, p in model.named_parameters() if "lora_" in n], 0.05)
-    unet = get_peft_model_state_dict(pipe.unet)
-    text_encoder = get_peft_model_state_dict(pipe.text_encoder)
+    unet = get_peft_model_state_dict(unet_model)
+    text_encoder = get_peft_model_state_dict(text_model)
     target.parent.mkdir(parents=True, exist_ok=True)
     if layout == "diffusers":
         StableDiffusionPipeline.save_lora_weights(
@@ -194,11 +242,22 @@ def build_tiny_lora(
     return target
 
 
-def build_tiny_controlnet(pipeline_folder: Path, target: Path, seed: int = 0) -> Path:
-    """A ControlNet made from the tiny UNet, as ControlNet training starts; its zero convolutions
-    get random weights so that the control map visibly steers the image."""
-    unet = UNet2DConditionModel.from_pretrained(pipeline_folder, subfolder="unet", local_files_only=True)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
+def build_tiny_controlnet(
+    base: Path | UNet2DConditionModel,
+    target: Path,
+    seed: int = 0,
+    conditioning_channels: tuple[int, int, int, int] = (8, 16, 32, 64),
+) -> Path:
+    """A ControlNet made from a UNet (`base`: the pipeline's folder, or the UNet itself), as
+    ControlNet training starts; its zero convolutions get random weights so that the control map
+    visibly steers the image. `conditioning_channels` are the widths of the small network that
+    brings the control map down to the latent size (SD 1.5's ControlNets: 16, 32, 96, 256)."""
+    unet = (
+        UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
+        if isinstance(base, Path)
+        else base
+    )
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
     torch.manual_seed(seed)
     zero_convs = [*controlnet.controlnet_down_blocks.parameters(), *controlnet.controlnet_mid_block.parameters()]
     _randomize(zero_convs, 0.05)
@@ -240,16 +299,34 @@ def build_tiny_depth_annotator(target: Path, seed: int = 0) -> Path:
     return target
 
 
+def _openpose_body_model() -> torch.nn.Module:
+    """controlnet_aux's OpenPose body network, from its defining module alone (it imports only
+    torch). Importing it the usual way runs controlnet_aux's __init__, which imports every annotator
+    the package ships (timm, segment-anything, a mediapipe check): seconds, and a screen of
+    warnings, that writing random weights does not need."""
+    import importlib.util
+
+    package = importlib.util.find_spec("controlnet_aux")  # finds the package without running it
+    if package is None or not package.submodule_search_locations:
+        raise ModuleNotFoundError("controlnet_aux is not installed")
+    path = Path(package.submodule_search_locations[0]) / "open_pose" / "model.py"
+    spec = importlib.util.spec_from_file_location("daguerre_openpose_body_model", path)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    network: torch.nn.Module = module.bodypose_model()
+    return network
+
+
 def build_tiny_openpose_annotator(target: Path, seed: int = 0) -> Path:
     """controlnet_aux's OpenPose body network (the real architecture; it has no width setting, so
     this is about 200 MB) with random weights, saved as body_pose_model.pth in the original key
     layout. The last stage's output layers are zeroed: random heatmaps would be full of spurious
     peaks that make the keypoint grouping crawl, whereas zero heatmaps find nobody, which is the
     map OpenPose draws for a photo without people."""
-    from controlnet_aux.open_pose.model import bodypose_model
-
     torch.manual_seed(seed)
-    model = bodypose_model()
+    model = _openpose_body_model()
     state = model.state_dict()
     for name, tensor in state.items():
         if name.split(".")[1].startswith("Mconv7_stage6"):
@@ -354,12 +431,18 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, seed: int = 0) ->
     return folder
 
 
-def build_tiny_motion_adapter(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny random AnimateDiff MotionAdapter that fits the tiny SD 1.5 UNet's widths."""
+def build_tiny_motion_adapter(
+    folder: Path,
+    seed: int = 0,
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64),
+    layers_per_block: int = 2,
+) -> Path:
+    """Write a tiny random AnimateDiff MotionAdapter; its modules sit in the UNet's blocks, so its
+    widths and layers per block are those of the UNet it animates (by default build_tiny_sd15's)."""
     torch.manual_seed(seed)
     adapter = MotionAdapter(
-        block_out_channels=(16, 32, 64, 64),  # build_tiny_sd15's UNet widths: the modules sit in its blocks
-        motion_layers_per_block=2,
+        block_out_channels=block_out_channels,
+        motion_layers_per_block=layers_per_block,
         motion_norm_num_groups=8,
         motion_num_attention_heads=2,
         motion_max_seq_length=32,

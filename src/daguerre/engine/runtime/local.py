@@ -98,7 +98,7 @@ log = logging.getLogger(__name__)
 # them. Sizes counted from SD 1.5's layer shapes in fp16, matching the published ones: UNet
 # 1.72 GB, VAE 0.17 GB, text encoder 0.25 GB (a pipeline, 2.1 GB), ControlNet 0.72 GB. 60% of a
 # 24 GB GPU keeps six SD 1.5 pipelines resident and leaves 9.6 GB for activations; 10% holds three
-# ControlNets. The demo model measures 16 MB in float32.
+# ControlNets. The demo model measures about 12 MB in float32.
 MODEL_CACHE_FRACTION = 0.6
 AUXILIARY_CACHE_FRACTION = 0.1
 
