@@ -328,7 +328,7 @@ class JobService:
         record = await to_thread.run_sync(self.inferences.find, live.record.id)
         assert record is not None
         live.record = record
-        body = self.status_body(record)
+        body = await self.status_body(record)
         live.publish(FINAL_NAMES.get(record.status, record.status), body)
         duration = _seconds(record.queued_at, record.finished_at or datetime.now(UTC)) or 0.0
         metrics.job_ended(record.kind, record.status, duration)
@@ -339,9 +339,16 @@ class JobService:
 
     # What clients read
 
-    def status_body(self, record: InferenceRecord, base_url: str | None = None) -> dict[str, Any]:
+    async def status_body(self, record: InferenceRecord, base_url: str | None = None) -> dict[str, Any]:
         """GET /api/jobs/{inf_id}'s answer; also the body of final events and webhooks. URLs start
         with `base_url` (the asking request's), else with the base of the request that made it."""
+        # The webhook's attempts are rows in the database: read off the event loop.
+        attempts = await to_thread.run_sync(self.webhooks.attempts, record.id) if record.webhook_url else []
+        return self._status_body(record, base_url, attempts)
+
+    def _status_body(
+        self, record: InferenceRecord, base_url: str | None, webhook_attempts: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         live = self._live.get(record.id)
         body: dict[str, Any] = {
             "error_code": 0,
@@ -364,14 +371,14 @@ class JobService:
                 body["error_id"] = record.error_id
         if record.webhook_url:
             body["webhook_url"] = record.webhook_url
-            body["webhook_attempts"] = self.webhooks.attempts(record.id)
+            body["webhook_attempts"] = webhook_attempts
         if record.status == DONE and record.kind in self.planners:
             answer = self.planners[record.kind].answer(record, base_url or record.base_url)
             body.update(answer.model_dump(mode="json", exclude_none=True, exclude={"error_code"}))
         return body
 
     async def status(self, token_id: int, inf_id: str, base_url: str | None = None) -> dict[str, Any]:
-        return self.status_body(await to_thread.run_sync(self.inferences.get, inf_id, token_id), base_url)
+        return await self.status_body(await to_thread.run_sync(self.inferences.get, inf_id, token_id), base_url)
 
     async def cancel(self, token_id: int, inf_id: str, base_url: str | None = None) -> dict[str, Any]:
         record = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
@@ -388,7 +395,7 @@ class JobService:
         final = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
         if final.status in UNFINISHED:
             raise CannotCancel(f"inference {inf_id} could not be cancelled")
-        return self.status_body(final, base_url)
+        return await self.status_body(final, base_url)
 
     async def events(
         self, token_id: int, inf_id: str, last_event_id: str | None, base_url: str | None = None
@@ -414,7 +421,7 @@ class JobService:
                 if seq == _CLOSED[0]:
                     return
                 if name in FINAL_NAMES.values():
-                    yield FINAL_ID, name, self.status_body(live.record, base_url)
+                    yield FINAL_ID, name, await self.status_body(live.record, base_url)
                     return
                 yield str(seq), name, data
         finally:
@@ -435,10 +442,10 @@ class JobService:
                 return
             record = found
         if record.status in UNFINISHED:
-            yield "0", "queued" if record.status == QUEUED else "started", self.status_body(record, base_url)
+            yield "0", "queued" if record.status == QUEUED else "started", await self.status_body(record, base_url)
             return
         if last_event_id != FINAL_ID:
-            yield FINAL_ID, FINAL_NAMES[record.status], self.status_body(record, base_url)
+            yield FINAL_ID, FINAL_NAMES[record.status], await self.status_body(record, base_url)
 
     async def recent(
         self, token_id: int, limit: int, before: str | None, base_url: str | None = None
@@ -447,7 +454,7 @@ class JobService:
         page = records[:limit]
         return {
             "error_code": 0,
-            "jobs": [self.status_body(record, base_url) for record in page],
+            "jobs": [await self.status_body(record, base_url) for record in page],
             "next_before": page[-1].id if len(records) > limit else None,
         }
 
