@@ -26,7 +26,7 @@ from daguerre.demo.tiny_models import (
     build_tiny_wan,
 )
 from daguerre.engine.runtime.local import LocalEngine
-from daguerre.settings import Settings, VideoSettings
+from daguerre.settings import Settings
 from tests.support.api import Api, RecordingEngine, register, serve
 from tests.support.servers import free_port
 from tests.support.single_file import export_single_file, skeleton_of
@@ -130,22 +130,19 @@ def tiny_video_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     }
 
 
-@pytest.fixture
-def video_settings(tmp_path: Path) -> Settings:
-    """Frame sizes scaled down (832x480 -> 96x64) so the tiny clips render in about a second on a CPU."""
-    return Settings(data_dir=tmp_path / "data", video=VideoSettings(resolution_scale=0.125))
+# An eighth of the nominal sizes (832x480 -> 96x64), given as the models' own frame sizes, so the
+# tiny clips render in about a second on a CPU.
+SMALL_FRAMES = {"480p": [96, 64], "720p": [160, 96]}
 
 
 @pytest.fixture
-def vapi(
-    video_settings: Settings, engine: LocalEngine, tiny_sd15: Path, tiny_video_models: dict[str, Path]
-) -> Iterator[Api]:
-    """An app on `video_settings` with the tiny video models registered: "wan" (text-to-video),
+def vapi(settings: Settings, engine: LocalEngine, tiny_sd15: Path, tiny_video_models: dict[str, Path]) -> Iterator[Api]:
+    """An app with the tiny video models registered at SMALL_FRAMES: "wan" (text-to-video),
     "wani2v" (image-to-video) and "motion", the AnimateDiff adapter that animates "tiny"."""
-    with serve(video_settings, engine, tiny_sd15, credits=100) as api:
-        register(api, "video", tiny_video_models["t2v"], "wan")
-        register(api, "video", tiny_video_models["i2v"], "wani2v")
-        register(api, "video", tiny_video_models["motion_adapter"], "motion")
+    with serve(settings, engine, tiny_sd15, credits=100) as api:
+        register(api, "video", tiny_video_models["t2v"], "wan", frame_sizes=SMALL_FRAMES)
+        register(api, "video", tiny_video_models["i2v"], "wani2v", frame_sizes=SMALL_FRAMES)
+        register(api, "video", tiny_video_models["motion_adapter"], "motion", frame_sizes=SMALL_FRAMES)
         yield api
 
 

@@ -16,7 +16,7 @@ from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Kind
 from daguerre.services.container import open_database
 from daguerre.services.probing import inspect_model
-from daguerre.settings import Settings, VideoSettings
+from daguerre.settings import Settings
 from tests.support.api import Api
 from tests.support.images import photo, png
 
@@ -24,7 +24,7 @@ from tests.support.images import photo, png
 @pytest.fixture(scope="module")
 def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A data dir with the demo installed once for the module (installing twice changes nothing)."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("demo"), video=VideoSettings(resolution_scale=0.125))
+    settings = Settings(data_dir=tmp_path_factory.mktemp("demo"))
     database = open_database(settings)
     install_demo(settings, database.catalog)
     install_demo(settings, database.catalog)

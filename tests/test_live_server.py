@@ -36,8 +36,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     data_dir = tmp_path_factory.mktemp("live")
     port = free_port()
     command = [sys.executable, "-m", "daguerre", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
-    # The documented CPU-demo setting: the README's video examples render small, not at true 480p.
-    env = {**os.environ, "DAGUERRE_VIDEO__RESOLUTION_SCALE": "0.125"}
+    env = dict(os.environ)
     stdout, stderr = data_dir.parent / "serve.out", data_dir.parent / "serve.err"
     with stdout.open("w") as out, stderr.open("w") as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)

@@ -1,6 +1,6 @@
 """POST /api/video on tiny random-weight Wan 2.1 (T2V, I2V) and AnimateDiff models.
 
-Frame sizes are scaled down by the resolution_scale setting of the `video_settings` fixture
+Frame sizes are the tiny models' own, an eighth of the nominal ones (conftest's SMALL_FRAMES)
 (832x480 -> 96x64) so the clips render in about a second on a CPU; one test renders the true 480p
 size.
 """
@@ -24,6 +24,7 @@ from daguerre.demo.install import install_demo
 from daguerre.engine.client import JobHandle
 from daguerre.engine.jobs import Failed, Finished, Queued, Started, VideoJob, VideoResult
 from daguerre.services.catalog import Kind
+from daguerre.services.container import open_database
 from daguerre.services.pricing import video_cost
 from daguerre.services.probing import UnsupportedModel, inspect_model
 from daguerre.services.video import frame_size
@@ -67,9 +68,9 @@ def test_the_same_seed_reproduces_the_clip(vapi: Api) -> None:
     assert not np.array_equal(pixels[0], pixels[2])
 
 
-def test_true_480p_size(vapi: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vapi.services.settings.video, "resolution_scale", 1.0)
-    body = video(vapi, num_frames=1, steps=1, scale=1)
+def test_true_480p_size(vapi: Api, tiny_video_models: dict[str, Path]) -> None:
+    register(vapi, "video", tiny_video_models["t2v"], "wanfull")  # no frame_sizes: the nominal ones
+    body = video(vapi, model_id="wanfull", num_frames=1, steps=1, scale=1)
     assert (body["width"], body["height"]) == (832, 480)
     assert probe(vapi.fetch(body["video_url"]))["size"] == (832, 480)
 
@@ -301,6 +302,29 @@ def test_cli_registers_video_models(tiny_video_models: dict[str, Path], tmp_path
     assert listing.output.count("video") >= 3
 
 
+def test_cli_frame_sizes_are_the_models_own(tiny_video_models: dict[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = [
+        "models",
+        "add",
+        str(tiny_video_models["t2v"]),
+        "--kind",
+        "video",
+        "--title",
+        "W",
+        "--data-dir",
+        str(tmp_path),
+    ]
+    added = runner.invoke(cli, [*base, "--id", "w", "--frame-size", "480p=640x368", "--frame-size", "720p=960x544"])
+    assert added.exit_code == 0, added.output
+    database = open_database(Settings(data_dir=tmp_path))
+    assert database.catalog.get("w").options["frame_sizes"] == {"480p": [640, 368], "720p": [960, 544]}
+    database.engine.dispose()
+    for bad in ("480p=650x368", "1080p=1920x1088", "480p=368x640", "480p"):
+        refused = runner.invoke(cli, [*base, "--frame-size", bad])
+        assert refused.exit_code == 1 and "--frame-size" in refused.output, bad
+
+
 def test_demo_installs_video_models(tmp_path: Path) -> None:
     from daguerre.services.container import open_database
 
@@ -323,12 +347,13 @@ def test_pricing_grows_with_pixels_frames_and_steps() -> None:
 
 
 def test_frame_sizes() -> None:
-    assert frame_size("480p", False, 1.0) == (832, 480)
-    assert frame_size("480p", True, 1.0) == (480, 832)
-    assert frame_size("720p", False, 1.0) == (1280, 720)
-    assert frame_size("720p", True, 1.0) == (720, 1280)
-    assert frame_size("480p", False, 0.125) == (96, 64)
-    assert all(v % 16 == 0 for v in frame_size("720p", True, 0.3))
+    assert frame_size("480p", False) == (832, 480)
+    assert frame_size("480p", True) == (480, 832)
+    assert frame_size("720p", False) == (1280, 720)
+    assert frame_size("720p", True) == (720, 1280)
+    own = {"480p": [96, 64]}
+    assert frame_size("480p", False, own) == (96, 64) and frame_size("480p", True, own) == (64, 96)
+    assert frame_size("720p", False, own) == (1280, 720)  # a size the model does not set: the nominal one
 
 
 def test_jobs_carry_plain_data() -> None:

@@ -161,6 +161,20 @@ def credits_add(
     console.print(f"token {info.prefix}... now has {balance:g} credits")
 
 
+def _frame_sizes(values: list[str]) -> dict[str, list[int]]:
+    sizes: dict[str, list[int]] = {}
+    for value in values:
+        name, _, size = value.partition("=")
+        width, _, height = size.lower().partition("x")
+        if name not in ("480p", "720p") or not (width.isdigit() and height.isdigit()):
+            _fail(ValueError(f"--frame-size {value!r}: expected 480p=WIDTHxHEIGHT or 720p=WIDTHxHEIGHT"))
+        # Wan's VAE downsamples by 8 and its transformer patches by 2.
+        if int(width) % 16 or int(height) % 16 or not (16 <= int(height) <= int(width) <= 4096):
+            _fail(ValueError(f"--frame-size {value!r}: landscape, multiples of 16, from 16 to 4096"))
+        sizes[name] = [int(width), int(height)]
+    return sizes
+
+
 @models_app.command("add")
 def models_add(
     path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt/.pth file")],
@@ -188,6 +202,14 @@ def models_add(
         str | None, typer.Option(help="With --kind controlnet: what it follows, canny, depth or openpose")
     ] = None,
     lcm: Annotated[bool, typer.Option("--lcm", help="With --kind lora: an LCM-LoRA, used by lcm=true")] = False,
+    frame_size: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--frame-size",
+            help="With --kind video: the size a resolution renders at for this model, e.g. 480p=640x368 "
+            "(landscape; multiples of 16; default 832x480 and 1280x720); repeat for 720p",
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register a model from local files (an SD 1.x image checkpoint by default); loaded offline."""
@@ -203,7 +225,11 @@ def models_add(
         _fail(ValueError("--kind controlnet takes --controlnet canny, depth or openpose (and only it does)"))
     if lcm and kind != "lora":
         _fail(ValueError("--lcm goes with --kind lora"))
-    extra_options = {"controlnet": controlnet} if controlnet else {"lcm": True} if lcm else {}
+    extra_options: dict[str, object] = {"controlnet": controlnet} if controlnet else {"lcm": True} if lcm else {}
+    if frame_size:
+        if kind != "video":
+            _fail(ValueError("--frame-size goes with --kind video"))
+        extra_options["frame_sizes"] = _frame_sizes(frame_size)
     settings = _settings(data_dir)
     with console.status(f"Inspecting {path}..."):
         try:

@@ -53,9 +53,6 @@ class VideoSettings(BaseSettings):
         False, description="on CUDA, keep Wan's models in CPU memory and move each to the GPU only while it runs"
     )
     vae_tiling: bool = Field(True, description="decode Wan frames in tiles, so 720p decodes within one GPU")
-    resolution_scale: float = Field(
-        1.0, gt=0, le=1, description="tests and CPU demos only: shrink the 480p/720p frame sizes by this factor"
-    )
 
 
 class RemoteImageSettings(BaseSettings):

@@ -218,10 +218,14 @@ def _build_motion_adapter(catalog: CatalogService, folder: Path) -> Path:
     )
 
 
+# A quarter of 832x480 and 1280x720, in multiples of 16: noise renders as well small, and fast.
+DEMO_FRAME_SIZES = {"480p": [208, 128], "720p": [320, 176]}
+
+
 def install_demo_video_models(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:
     """Idempotent: tiny random Wan 2.1 text- and image-to-video models, and an AnimateDiff motion
-    adapter that animates the demo image model. They default to short clips (9 frames, 4 steps) so
-    a CPU answers in seconds; on a CPU, DAGUERRE_VIDEO__RESOLUTION_SCALE=0.25 shortens it further.
+    adapter that animates the demo image model. They default to short clips (9 frames, 4 steps) at
+    a quarter of the nominal sizes (DEMO_FRAME_SIZES) so a CPU answers in seconds.
     """
     demos: list[tuple[str, str, str, Callable[[Path], Path], dict[str, object]]] = [
         ("demo-t2v", "demo-wan-t2v", "Demo Wan 2.1 text-to-video", lambda f: _build_wan(f, False), {}),
@@ -254,7 +258,13 @@ def install_demo_video_models(settings: Settings, catalog: CatalogService) -> li
                     title=f"{title} (tiny random weights: draws noise)",
                     family=info.family,
                     tags=["demo", "random-weights"],
-                    options={**info.options, "default_num_frames": 9, "default_steps": 4, **options},
+                    options={
+                        **info.options,
+                        "default_num_frames": 9,
+                        "default_steps": 4,
+                        "frame_sizes": DEMO_FRAME_SIZES,
+                        **options,
+                    },
                 )
             )
         records.append(record)

@@ -73,16 +73,16 @@ class VideoModel:
     resolutions: list[str]
     max_frames: int
     defaults: Defaults
+    # The frame size each resolution name renders at, when the model's catalog entry gives its own
+    # (option "frame_sizes", landscape [width, height]); else NOMINAL_SIZES.
+    frame_sizes: dict[str, list[int]]
 
 
-def frame_size(resolution: str, portrait: bool, scale: float) -> tuple[int, int]:
-    width, height = NOMINAL_SIZES[resolution]
-    if portrait:
-        width, height = height, width
-    if scale != 1:
-        # Multiples of 16: Wan's VAE downsamples by 8 and its transformer patches by 2.
-        width, height = (max(16, round(v * scale / 16) * 16) for v in (width, height))
-    return width, height
+def frame_size(resolution: str, portrait: bool, sizes: dict[str, list[int]] | None = None) -> tuple[int, int]:
+    """The frame size of a resolution name: the model's own (`sizes`) or the nominal Wan size,
+    swapped for portrait."""
+    width, height = (sizes or {}).get(resolution) or NOMINAL_SIZES[resolution]
+    return (height, width) if portrait else (width, height)
 
 
 def fit_png(image: Image.Image, width: int, height: int) -> bytes:
@@ -140,6 +140,7 @@ class VideoService(ServingModule):
                 model.options["resolutions"],
                 MAX_FRAMES,
                 _defaults(WAN, model.options),
+                model.options.get("frame_sizes", {}),
             )
         if model.kind == Kind.VIDEO:
             raise InvalidParameter(
@@ -162,6 +163,7 @@ class VideoService(ServingModule):
             adapter.options["resolutions"],
             int(adapter.options["max_frames"]),
             _defaults(ANIMATEDIFF, adapter.options),
+            adapter.options.get("frame_sizes", {}),
         )
 
     def _num_frames(self, video: VideoModel, requested: int | None) -> int:
@@ -194,19 +196,18 @@ class VideoService(ServingModule):
                 "use an image-to-video model from /api/models",
             )
         num_frames = self._num_frames(video, request.num_frames)
-        scale = self.settings.video.resolution_scale
         image_png = None
         portrait = False
         if request.image_url:
             image = await self.images.fetch(request.image_url, own_bases)
             portrait = image.height > image.width
-            width, height = frame_size(request.resolution, portrait, scale)
+            width, height = frame_size(request.resolution, portrait, video.frame_sizes)
             image_png = await to_thread.run_sync(fit_png, image, width, height)
         else:
-            width, height = frame_size(request.resolution, portrait, scale)
+            width, height = frame_size(request.resolution, portrait, video.frame_sizes)
         size = {"width": width, "height": height, "num_frames": num_frames}
         job = self._job(request, video, version, size, image_png)
-        nominal = frame_size(request.resolution, portrait, 1.0)
+        nominal = frame_size(request.resolution, portrait)  # the price follows the resolution asked for
         cost = video_cost(self.settings.pricing, *nominal, job.num_frames, job.steps)
         resolved = {
             "architecture": job.architecture,
