@@ -76,6 +76,12 @@ def _pinned_loras(catalog: CatalogService, entries: list[dict[str, Any]]) -> tup
     return tuple(specs)
 
 
+def requested_steps(request: InferenceRequest) -> int:
+    """The steps a request runs: its own, or LCM's default when lcm=true leaves them unset (the
+    contract's default of 30 is for ordinary sampling). The price and the job both use this."""
+    return request.steps if not request.lcm or "steps" in request.model_fields_set else LCM_STEPS
+
+
 def render_job(
     catalog: CatalogService,
     settings: Settings,
@@ -98,12 +104,11 @@ def render_job(
         loras = model_extras.lora_specs(catalog, model, lora_weights)
         if request.lcm:
             loras = (*loras, model_extras.lcm_lora(catalog, model))
+    steps = requested_steps(request)
     if request.lcm:
-        steps = request.steps if "steps" in request.model_fields_set else LCM_STEPS
         scale = request.scale if request.scale is not None else LCM_SCALE
         scheduler: str = LCM_SCHEDULER
     else:
-        steps = request.steps
         scale = request.scale if request.scale is not None else (model.default_scale or DEFAULT_SCALE)
         scheduler = request.scheduler or model.default_scheduler or DEFAULT_SCHEDULER
     if "seeds" in pinned:
@@ -208,6 +213,6 @@ class InferenceService(ServingModule):
 
     def check_affordable(self, token: TokenInfo, request: InferenceRequest) -> None:
         """Refuse before the upload is read or decoded when the balance cannot pay the request."""
-        steps = request.steps if not request.lcm or "steps" in request.model_fields_set else LCM_STEPS
+        steps = requested_steps(request)
         cost = image_cost(self.settings.pricing, request.width, request.height, steps, request.num_images, request.lcm)
         self.accounts.check_affordable(token, cost)
