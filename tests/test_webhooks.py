@@ -309,6 +309,24 @@ def test_a_failure_inside_the_server_is_a_failed_attempt_too(world: World) -> No
     run(scenario())
 
 
+def test_close_returns_while_an_attempt_is_ending(world: World) -> None:
+    """close() cancels the loop and the attempts together; an attempt that ends then wakes the loop
+    as its cancel lands, which must not swallow the cancel (Python 3.11's wait_for did, 1 in ~40)."""
+
+    async def scenario() -> None:
+        with webhook_receiver() as receiver:
+            for round_ in range(40):
+                service = world.service()
+                await service.start()
+                await service.job_ended(world.token_id, f"job{round_}", BODY, url=receiver.url)
+                await calls(receiver, round_ + 1)
+                await asyncio.sleep((round_ % 8) * 0.002)  # land the close at different points of the attempt
+                async with asyncio.timeout(3):
+                    await service.close()
+
+    run(scenario())
+
+
 def test_the_server_starts_and_stops_the_delivery_loop(tmp_path: Path) -> None:
     """The app's lifespan runs the service; the jobs API reaches it as app.state.services.webhooks."""
     settings = Settings(data_dir=tmp_path, webhooks=WebhookSettings(allow_private_hosts=["127.0.0.1"]))

@@ -250,8 +250,11 @@ class WebhookService:
                 task = asyncio.create_task(self._attempt(item), name=f"webhook {item.delivery_id}")
                 self._in_flight[item.delivery_id] = task
                 task.add_done_callback(functools.partial(self._settled, item.delivery_id))
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands as the event is
+            # set (close() cancels an attempt whose done-callback sets it), and close() hangs.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     def _settled(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery_id, None)
