@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,26 +27,35 @@ from daguerre.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """LocalEngine's keyword arguments from the settings: this process's engine, or each Ray
+    replica's (which caps max_loaded_models at ray.max_models_per_replica)."""
+    return {
+        "cache_dir": settings.cache_dir,
+        "device": settings.device,
+        "dtype": settings.dtype,
+        "max_loaded_models": settings.max_loaded_models,
+        "shutdown_grace_s": settings.shutdown_grace_s,
+        "max_prompt_chunks": settings.max_prompt_chunks,
+        "video_cpu_offload": settings.video.cpu_offload,
+        "video_vae_tiling": settings.video.vae_tiling,
+        "model_cache_bytes": settings.model_cache.max_bytes,
+        "auxiliary_cache_bytes": settings.model_cache.auxiliary_max_bytes,
+        "max_loras": settings.model_cache.max_loras,
+        "max_lora_bytes": settings.model_cache.max_lora_bytes,
+    }
+
+
 def default_engine(settings: Settings) -> EngineClient:
+    if settings.engine == "ray":
+        from daguerre.engine.ray.client import RayEngineClient  # Ray is imported only for a fleet
+
+        return RayEngineClient(settings.ray, engine_options(settings), settings.max_queue, settings.shutdown_grace_s)
     from daguerre.engine.runtime.local import (
         LocalEngine,  # torch is imported only when an engine is built
     )
 
-    return LocalEngine(
-        cache_dir=settings.cache_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        max_loaded_models=settings.max_loaded_models,
-        max_queue=settings.max_queue,
-        shutdown_grace_s=settings.shutdown_grace_s,
-        max_prompt_chunks=settings.max_prompt_chunks,
-        video_cpu_offload=settings.video.cpu_offload,
-        video_vae_tiling=settings.video.vae_tiling,
-        model_cache_bytes=settings.model_cache.max_bytes,
-        auxiliary_cache_bytes=settings.model_cache.auxiliary_max_bytes,
-        max_loras=settings.model_cache.max_loras,
-        max_lora_bytes=settings.model_cache.max_lora_bytes,
-    )
+    return LocalEngine(max_queue=settings.max_queue, **engine_options(settings))
 
 
 def create_app(settings: Settings | None = None, engine: EngineClient | None = None) -> FastAPI:
