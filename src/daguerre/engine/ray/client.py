@@ -108,6 +108,7 @@ class _Remote:
     ended: bool = False
     attempts: int = 0
     position: int | None = None
+    replica: str | None = None  # the actor name of the replica running the current attempt
 
     def end(self, event: JobEvent) -> None:
         if not self.ended:
@@ -218,6 +219,7 @@ class RayEngineClient(EngineClient):
         remote.response = response
         async for item in response:
             if isinstance(item, ReplicaStatus):
+                remote.replica = item.actor_name
                 self._record(item)
             elif isinstance(item, Queued):
                 self._queued(remote, item.position)
@@ -252,7 +254,13 @@ class RayEngineClient(EngineClient):
         """The latest report of each replica that has run a job of this gateway."""
         return sorted(self._replicas.values(), key=lambda report: report.replica)
 
-    def _alive(self) -> set[str]:
+    def replica_of(self, job_id: str) -> str | None:
+        """The actor name of the replica running a job of this gateway, once one has taken it."""
+        remote = self._jobs.get(job_id)
+        return remote.replica if remote is not None else None
+
+    def alive_replicas(self) -> set[str]:
+        """The actor names of the application's live replicas (a blocking call to Ray's GCS)."""
         prefix = f"SERVE_REPLICA::{self.settings.app_name}#{DEPLOYMENT}#"
         return {
             actor["name"]
@@ -261,7 +269,7 @@ class RayEngineClient(EngineClient):
         }
 
     async def health(self) -> EngineStatus:
-        alive = await asyncio.to_thread(self._alive) if self._handle is not None else set()
+        alive = await asyncio.to_thread(self.alive_replicas) if self._handle is not None else set()
         for gone in set(self._replicas) - alive:
             metrics.forget_replica(self._replicas.pop(gone).replica)
         replicas = self.replicas()
