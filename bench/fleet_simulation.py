@@ -31,7 +31,7 @@ import bisect
 import itertools
 import random
 import statistics
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 POLICIES = ("round_robin", "least_loaded", "serve", "affinity")
@@ -42,9 +42,16 @@ class Gpu:
     index: int
     free_at: float = 0.0  # when its queue drains
     resident: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    finishes: deque[float] = field(default_factory=deque)  # of the requests it has, in order
 
     def backlog(self, now: float) -> float:
         return max(0.0, self.free_at - now)
+
+    def ongoing(self, now: float) -> int:
+        """Requests running or queued here: what Serve's max_ongoing_requests counts."""
+        while self.finishes and self.finishes[0] <= now:
+            self.finishes.popleft()
+        return len(self.finishes)
 
 
 @dataclass(frozen=True)
@@ -78,20 +85,22 @@ class Fleet:
             return self.shorter_of_two(self.gpus, now)
         holders = [self.gpus[index] for index in self.holders.get(model, ())]
         if policy == "serve":
-            capacity = self.args.max_ongoing * self.args.request_s
-            free = [gpu for gpu in holders if gpu.backlog(now) < capacity]
+            free = [gpu for gpu in holders if gpu.ongoing(now) < self.args.max_ongoing]
             if free:
                 return self.shorter_of_two(free, now)
             fewest = min(len(gpu.resident) for gpu in self.gpus)
             return self.shorter_of_two([gpu for gpu in self.gpus if len(gpu.resident) == fewest], now)
-        room = self.args.max_ongoing * self.args.request_s  # backlog of a replica that accepts no more
         if holders:
             best = min(holders, key=lambda gpu: gpu.backlog(now))
-            # Full holders keep the request waiting in the router; past affinity_wait_s it may go to
-            # a replica that has room (one that has none would refuse it too).
-            if best.backlog(now) - room <= self.args.affinity_wait:
+            # A full holder (max_ongoing requests) keeps the request waiting in the router until it
+            # has room, about until its max_ongoing-th request from the end finishes; past
+            # affinity_wait_s it may go to a replica with room (one with none would refuse it too).
+            full = best.ongoing(now) >= self.args.max_ongoing
+            wait = best.finishes[-self.args.max_ongoing] - now if full else 0.0
+            if wait <= self.args.affinity_wait:
                 return best
-            others = [gpu for gpu in self.gpus if gpu.index not in self.holders[model] and gpu.backlog(now) < room]
+            limit = self.args.max_ongoing
+            others = [gpu for gpu in self.gpus if gpu.index not in self.holders[model] and gpu.ongoing(now) < limit]
             return self.new_home(others, now) if others else best
         return self.new_home(self.gpus, now)
 
@@ -107,6 +116,7 @@ class Fleet:
         gpu.resident.move_to_end(model)
         start = max(now, gpu.free_at)
         gpu.free_at = start + self.args.request_s + (self.args.load_s if loads else 0.0)
+        gpu.finishes.append(gpu.free_at)
         return loads, start - now
 
 
@@ -156,7 +166,7 @@ def main() -> None:
     parser.add_argument("--catalog", type=int, default=1000, help="checkpoints in the catalog")
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent (rank r is asked 1/r^s)")
     parser.add_argument(
-        "--load", type=float, nargs="+", default=[0.3, 0.7], help="offered loads, of the fleet's rendering capacity"
+        "--load", type=float, nargs="+", default=[0.1, 0.3, 0.7], help="offered loads, of the fleet's rendering capacity"
     )
     parser.add_argument("--max-ongoing", type=int, default=8, help="requests a replica accepts (serve policy)")
     parser.add_argument("--affinity-wait", type=float, default=10.0, help="affinity_wait_s (affinity policy)")

@@ -58,6 +58,17 @@ def default_engine(settings: Settings) -> EngineClient:
     return LocalEngine(max_queue=settings.max_queue, **engine_options(settings))
 
 
+def fleet_application(args: dict[str, str]) -> Any:
+    """The workers' Ray Serve application from the settings (DAGUERRE_* in the environment): an
+    application builder, the import path a KubeRay RayService or `serve deploy` names
+    (`daguerre.app:fleet_application`; see deploy/kuberay/rayservice.yaml). `args` is unused: the
+    settings are the configuration."""
+    from daguerre.engine.ray.client import application
+
+    settings = Settings()
+    return application(settings.ray, engine_options(settings))
+
+
 def create_app(settings: Settings | None = None, engine: EngineClient | None = None) -> FastAPI:
     settings = settings or Settings()
 
