@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--catalog", type=int, default=1000, help="checkpoints in the catalog")
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent (rank r is asked 1/r^s)")
     parser.add_argument(
-        "--load", type=float, nargs="+", default=[0.1, 0.3, 0.7], help="offered loads, of the fleet's rendering capacity"
+        "--load", type=float, nargs="+", default=[0.1, 0.3, 0.7], help="offered loads, shares of rendering capacity"
     )
     parser.add_argument("--max-ongoing", type=int, default=8, help="requests a replica accepts (serve policy)")
     parser.add_argument("--affinity-wait", type=float, default=10.0, help="affinity_wait_s (affinity policy)")

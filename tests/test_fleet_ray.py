@@ -63,3 +63,26 @@ def test_fleet(verdicts: dict[str, tuple[str, str]], scenario: str) -> None:
     if outcome == "skipped":
         pytest.skip(message)
     assert outcome == "passed", message
+
+
+# Without a cluster: what the gateway decides on its own.
+
+
+def test_jobs_are_routed_by_their_checkpoint_and_upscales_by_none() -> None:
+    from daguerre.engine.jobs import HiresFixJob, ModelSpec, TextToImageJob, Tiling, UpscaleJob
+    from daguerre.engine.ray.replica import model_key
+
+    model = ModelSpec(id="dreamy", version="3", path="/m", format="diffusers", family="sd15")
+    render = TextToImageJob(model, "a cat", "", 128, 128, 4, 7.5, "DDIM", (1,))
+    assert model_key(render) == "dreamy@3"
+    assert model_key(HiresFixJob(render, b"", 0.5, None, Tiling(256, 32))) == "dreamy@3"
+    assert model_key(UpscaleJob(model, b"", 256, 256, Tiling(256, 32))) is None
+
+
+def test_ray_settings_refuse_a_floor_above_the_ceiling() -> None:
+    from pydantic import ValidationError
+
+    from daguerre.settings import RaySettings
+
+    with pytest.raises(ValidationError, match=r"min_replicas \(3\) must be at most max_replicas \(2\)"):
+        RaySettings(min_replicas=3, max_replicas=2)
