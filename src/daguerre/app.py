@@ -16,7 +16,7 @@ from uvicorn.config import LOGGING_CONFIG
 from daguerre import __version__, metrics
 from daguerre.api.envelope import install_error_handlers
 from daguerre.api.redaction import install_redaction
-from daguerre.api.routes import files, health, inference, jobs, models, upscale, video
+from daguerre.api.routes import account, files, health, inference, jobs, models, upscale, video
 from daguerre.api.routes import metrics as metrics_route
 from daguerre.api.routes.docs import install_docs
 from daguerre.engine.client import EngineClient
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         app.add_middleware(metrics_route.RequestMetrics)  # last added, outermost: sees every final status
         app.include_router(metrics_route.router)
     install_redaction()
-    for module in (inference, models, upscale, video, jobs, files, health):
+    for module in (inference, models, upscale, video, jobs, account, files, health):
         app.include_router(module.router)
     install_docs(app)
     return app
