@@ -478,6 +478,8 @@ def still_running(inf_id: str, timeout: float | None) -> str:
     return f"job {inf_id} did not end within {timeout} s; it keeps running: wait again, or cancel it"
 
 
+# The id of a job's final event: a stream resumed after it has nothing more to say.
+FINAL_EVENT_ID = "end"
 # Reconnections of one event stream that broke before its final event, resuming after the last id.
 MAX_RECONNECTS = 5
 RECONNECT_DELAY_S = 0.5

@@ -360,6 +360,8 @@ class Daguerre:
         reader = _core.EventReader(last_event_id)
         path = self._requests.events_path(inf_id)
         for reconnect in range(_core.MAX_RECONNECTS + 1):
+            if reader.last_event_id == _core.FINAL_EVENT_ID:
+                return  # the final event was had (here, or by the caller who resumes after it)
             if reconnect:
                 time.sleep(_core.RECONNECT_DELAY_S)
             request = self._requests.stream_request(self._http, inf_id, reader.last_event_id, self._timeout)
