@@ -180,6 +180,8 @@ def test_readme_python_examples_run(server: tuple[str, str], tmp_path: Path) -> 
     # The webhook recipe reads the token's secret; any well-formed one will do for it to run.
     secret = new_webhook_secret()
     env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token, "DAGUERRE_WEBHOOK_SECRET": secret}
+    # The "Python SDK" examples import daguerre_client from its source tree, as the tests do.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "clients/python/src"), env.get("PYTHONPATH")]))
     for code in blocks:
         result = subprocess.run(
             [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
