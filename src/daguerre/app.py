@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         await services.engine.start()
         await services.webhooks.start()
         # Jobs the last server left unfinished run now, in their order, before anything new (see
-        # InferenceStore.recover; one server owns its database).
+        # InferenceStore.recover), and the heartbeat starts keeping this gateway's claims.
         resumed = await services.jobs.recover()
         if resumed:
             log.warning("resumed %d job(s) left unfinished by the last shutdown: %s", len(resumed), resumed)
