@@ -267,7 +267,9 @@ class InferenceStore:
         first, to be submitted."""
         with self._sessions.begin() as session:
             now = self._clock(session)
-            abandoned = or_(Inference.claimed_by.is_(None), Inference.lease_until < now)
+            abandoned = or_(
+                Inference.claimed_by.is_(None), Inference.lease_until.is_(None), Inference.lease_until < now
+            )
             if own:
                 abandoned = or_(abandoned, self._claimed())
             query = (
