@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import s3fs
+if TYPE_CHECKING:
+    import s3fs
 
 KEY, SECRET = "testkey", "testsecret"
 
@@ -26,9 +28,12 @@ class S3Server:
     endpoint_url: str
     key: str
     secret: str
+    bucket: str = "tests"  # made at start; tests write under prefixes of their own
 
     def filesystem(self) -> s3fs.S3FileSystem:
         """A fresh s3fs client of this server (no listing cache shared with the code under test)."""
+        import s3fs  # the `s3` extra: only the tests that start this server need it
+
         return s3fs.S3FileSystem(
             key=self.key,
             secret=self.secret,
@@ -92,7 +97,9 @@ def seaweedfs(folder: Path, start_timeout_s: float = 60) -> Iterator[S3Server]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
+        # SeaweedFS makes a collection of volumes per bucket: small volumes, room for many.
         "-master.volumeSizeLimitMB=64",
+        "-volume.max=64",
         f"-s3.config={config}",
     ]
     (folder / "data").mkdir(exist_ok=True)
@@ -106,9 +113,10 @@ def seaweedfs(folder: Path, start_timeout_s: float = 60) -> Iterator[S3Server]:
             assert process.poll() is None, (folder / "weed.log").read_text(errors="replace")
             try:
                 fs = server.filesystem()
-                fs.mkdir("probe")
-                fs.pipe("probe/ready", b"ok")
-                if fs.cat("probe/ready") == b"ok":
+                if not fs.exists(server.bucket):
+                    fs.mkdir(server.bucket)
+                fs.pipe(f"{server.bucket}/ready", b"ok")
+                if fs.cat(f"{server.bucket}/ready") == b"ok":
                     break
             except Exception:  # not up yet: connection refused, 503s while the volume registers
                 if time.monotonic() > deadline:
