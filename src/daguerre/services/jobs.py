@@ -503,7 +503,9 @@ class JobService:
                 live.handle.cancel()
         if self._closing:
             return []
-        taken = await self._resume(await to_thread.run_sync(self.inferences.claim))
+        # At most a queue's worth a beat: the engine admits taken-over jobs beyond max_queue.
+        claim = partial(self.inferences.claim, limit=self.settings.max_queue)
+        taken = await self._resume(await to_thread.run_sync(claim))
         if taken:
             log.warning("took over %d job(s) another gateway left unfinished: %s", len(taken), taken)
         return taken
@@ -516,9 +518,15 @@ class JobService:
             except Exception:  # the database may be away for a while; the next beat tries again
                 log.exception("the gateway heartbeat failed; trying again in %s s", self.settings.gateway.heartbeat_s)
 
+    def closing(self) -> bool:
+        # A call, read afresh after every await (mypy keeps an attribute's narrowing across them).
+        return self._closing
+
     async def _resume(self, records: list[InferenceRecord]) -> list[str]:
         resumed = []
         for record in records:
+            if self.closing():  # left queued: closing releases them to the next gateway
+                break
             if record.id in self._live:  # still running here: its claim had lapsed, and is ours again
                 continue
             try:
@@ -527,6 +535,8 @@ class JobService:
                 job = await planner.restore(record, inputs)
                 handle = await self.engine.submit(record.id, job, str(record.token_id), readmitted=True)
             except (DaguerreError, KeyError) as exc:
+                if self.closing():  # the engine stopped meanwhile: not the job's fault
+                    break
                 reason = exc.message if isinstance(exc, DaguerreError) else f"unknown kind {record.kind}"
                 failed = partial(self.inferences.end, record.id, FAILED, NOT_RESTORED.format(reason=reason), owned=True)
                 await to_thread.run_sync(failed)

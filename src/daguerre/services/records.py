@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.database import rows_updated
@@ -256,10 +256,14 @@ class InferenceStore:
 
     def recover(self) -> list[InferenceRecord]:
         """At startup: the jobs this gateway's last run left unfinished (the same gateway id),
-        and any whose claim lapsed, reconciled and claimed (see `claim`)."""
-        return self.claim(own=True)
+        and any whose claim lapsed, reconciled and claimed (see `claim`). On SQLite, every
+        unfinished job: one process owns a SQLite database, whatever id it ran under before (a
+        restart on another port changes the default id)."""
+        with self._sessions() as session:
+            alone = session.get_bind().dialect.name == "sqlite"
+        return self.claim(own=True, everyone=alone)
 
-    def claim(self, *, own: bool = False, limit: int | None = None) -> list[InferenceRecord]:
+    def claim(self, *, own: bool = False, everyone: bool = False, limit: int | None = None) -> list[InferenceRecord]:
         """Take over unfinished jobs nobody holds: unclaimed (released at a shutdown) or whose
         lease has passed (their gateway died), oldest first; with `own`, this gateway's too (it
         restarted). A job that was running goes back to the queue to run once more; one that had
@@ -272,6 +276,8 @@ class InferenceStore:
             )
             if own:
                 abandoned = or_(abandoned, self._claimed())
+            if everyone:
+                abandoned = true()
             query = (
                 select(Inference.id, Inference.status, Inference.attempts)
                 .where(Inference.status.in_(UNFINISHED), abandoned)
