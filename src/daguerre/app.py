@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def default_engine(settings: Settings) -> EngineClient:
+    from daguerre.engine.loading.model_files import ModelFiles
     from daguerre.engine.runtime.local import (
         LocalEngine,  # torch is imported only when an engine is built
     )
@@ -45,6 +46,7 @@ def default_engine(settings: Settings) -> EngineClient:
         auxiliary_cache_bytes=settings.model_cache.auxiliary_max_bytes,
         max_loras=settings.model_cache.max_loras,
         max_lora_bytes=settings.model_cache.max_lora_bytes,
+        model_files=ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options),
     )
 
 
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         await services.engine.start()
         await services.webhooks.start()
         # Jobs the last server left unfinished run now, in their order, before anything new (see
-        # InferenceStore.recover; one server owns its database).
+        # InferenceStore.recover), and the heartbeat starts keeping this gateway's claims.
         resumed = await services.jobs.recover()
         if resumed:
             log.warning("resumed %d job(s) left unfinished by the last shutdown: %s", len(resumed), resumed)

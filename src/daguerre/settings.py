@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -118,6 +119,40 @@ class MetricsSettings(BaseModel):
     )
 
 
+class GatewaySettings(BaseModel):
+    """Several gateways on one database (README "Several gateways, Postgres and S3"): each job is
+    claimed by one gateway, whose heartbeat renews the claim; another takes the jobs of a gateway
+    that stopped renewing once `lease_s` has passed."""
+
+    id: str | None = Field(None, description="this gateway's name in job claims; default host:port (stable on restart)")
+    lease_s: float = Field(30.0, ge=1, description="seconds a claim lasts unless renewed")
+    heartbeat_s: float = Field(5.0, gt=0, description="seconds between renewals and looks for abandoned jobs")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> GatewaySettings:
+        # Two renewals per lease at least, so one slow heartbeat never loses a live gateway's jobs.
+        if 2 * self.heartbeat_s > self.lease_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s ({self.lease_s})")
+        return self
+
+
+class S3Settings(BaseModel):
+    """Where s3:// URLs (storage_url, model files) go; unset values fall back to the AWS defaults
+    (AWS_* environment variables, ~/.aws, an instance role)."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000 for a server other than AWS")
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    region: str | None = Field(None, description="default us-east-1 when endpoint_url is set")
+
+
+class ModelFilesSettings(BaseModel):
+    """The node's local copies of model files registered by URL (s3://...)."""
+
+    cache_dir: Path | None = Field(None, description="default <data_dir>/model-files")
+    max_bytes: int = Field(200 * 1024**3, ge=1, description="bytes of copies kept; least recently used removed")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DAGUERRE_", env_nested_delimiter="__", extra="ignore")
 
@@ -185,6 +220,9 @@ class Settings(BaseSettings):
         "text", description="serve's log lines: uvicorn's text, or one JSON object per line (with the job's inf_id)"
     )
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    model_files: ModelFilesSettings = Field(default_factory=ModelFilesSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -216,3 +254,29 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def gateway_id(self) -> str:
+        return self.gateway.id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def model_files_dir(self) -> Path:
+        return self.model_files.cache_dir or self.data_dir / "model-files"
+
+    def fsspec_options(self, url: str) -> dict[str, Any]:
+        """What fsspec needs besides `url` to reach it: the s3 settings for s3:// URLs."""
+        if not url.startswith(("s3://", "s3a://")):
+            return {}
+        options: dict[str, Any] = {}
+        if self.s3.access_key_id is not None:
+            options["key"] = self.s3.access_key_id
+        if self.s3.secret_access_key is not None:
+            options["secret"] = self.s3.secret_access_key.get_secret_value()
+        client: dict[str, str] = {}
+        if self.s3.endpoint_url is not None:
+            client = {"endpoint_url": self.s3.endpoint_url, "region_name": self.s3.region or "us-east-1"}
+        elif self.s3.region is not None:
+            client = {"region_name": self.s3.region}
+        if client:
+            options["client_kwargs"] = client
+        return options

@@ -18,6 +18,8 @@ class ModelSpec:
     format: str  # diffusers | single_file
     family: str
     config_path: str | None = None
+    # Of a file registered by URL (s3://...): the node's copy is checked against it (loading/model_files.py).
+    sha256: str | None = None
 
 
 # The scheduler name of LCM sampling (lcm=true); not one a request can name.

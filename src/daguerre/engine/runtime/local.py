@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,7 @@ from daguerre.engine.loading.lora import (
     activate_loras,
     remove_loras,
 )
+from daguerre.engine.loading.model_files import ModelFiles, is_url
 from daguerre.engine.pipelines import video
 from daguerre.engine.pipelines.annotators import Annotator, canny, load_annotator
 from daguerre.engine.pipelines.controlnet import controlnet_images
@@ -324,6 +325,7 @@ class LocalEngine(EngineClient):
         max_lora_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
         shutdown_grace_s: float = 30.0,
         max_prompt_chunks: int = 40,
+        model_files: ModelFiles | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -344,6 +346,8 @@ class LocalEngine(EngineClient):
         self._video_vae_tiling = video_vae_tiling
         self._shutdown_grace_s = shutdown_grace_s
         self._max_prompt_chunks = max_prompt_chunks
+        # Model files registered by URL are loaded from this node's copies.
+        self.model_files = model_files or ModelFiles(cache_dir / "model-files", 200 * 1024**3)
         self._worker: _Worker | None = None
 
     async def start(self) -> None:
@@ -477,13 +481,23 @@ class LocalEngine(EngineClient):
 
     def pipeline(self, spec: ModelSpec) -> LoadedPipeline:
         def load() -> LoadedPipeline:
-            pipe = load_text_to_image(spec, self.device, self.dtype, self._cache_dir)
+            pipe = load_text_to_image(self._on_disk(spec), self.device, self.dtype, self._cache_dir)
             return LoadedPipeline(
                 pipe, Schedulers(pipe.scheduler.config), LoraState(self._max_loras, self._max_lora_bytes)
             )
 
         with stage(f"loading model {spec.id} (version {spec.version})"):
-            return self.cache.get(spec, load, estimate_bytes(spec.path))
+            return self.cache.get(spec, load, self._estimate(spec))
+
+    def _on_disk(self, spec: ModelSpec) -> ModelSpec:
+        """`spec` with a local path: a URL's file is fetched to this node's copies (once). The
+        caches stay keyed by the catalog's spec, so a resident model is never fetched."""
+        if not is_url(spec.path):
+            return spec
+        return replace(spec, path=str(self.model_files.local(spec.path, spec.sha256)))
+
+    def _estimate(self, spec: ModelSpec) -> int:
+        return estimate_bytes(self.model_files.peek(spec.path, spec.sha256) or spec.path)
 
     def check_prompts(self, loaded: LoadedPipeline, prompt: str, negative_prompt: str) -> None:
         check_prompt_length(loaded.pipe.tokenizer, prompt, negative_prompt, self._max_prompt_chunks)
@@ -497,7 +511,9 @@ class LocalEngine(EngineClient):
         # With the ControlNets and annotators: small models that must not evict a checkpoint.
         with stage(f"loading upscaler {spec.id} (version {spec.version})"):
             return self.auxiliaries.get(
-                ("upscaler", spec), lambda: load_upscaler(spec, self.device, self.dtype), estimate_bytes(spec.path)
+                ("upscaler", spec),
+                lambda: load_upscaler(self._on_disk(spec), self.device, self.dtype),
+                self._estimate(spec),
             )
 
     def controlnet(self, spec: AuxiliarySpec) -> ControlNetModel:
