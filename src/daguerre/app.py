@@ -27,9 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def default_engine(settings: Settings) -> EngineClient:
-    from daguerre.engine.runtime.local import (
-        LocalEngine,  # torch is imported only when an engine is built
-    )
+    # torch is imported only when an engine is built.
+    from daguerre.engine.runtime.execution import ExecutionOptions
+    from daguerre.engine.runtime.local import LocalEngine
+
+    execution = settings.execution
 
     return LocalEngine(
         cache_dir=settings.cache_dir,
@@ -45,6 +47,16 @@ def default_engine(settings: Settings) -> EngineClient:
         auxiliary_cache_bytes=settings.model_cache.auxiliary_max_bytes,
         max_loras=settings.model_cache.max_loras,
         max_lora_bytes=settings.model_cache.max_lora_bytes,
+        host_cache_bytes=settings.model_cache.host_max_bytes,
+        execution=ExecutionOptions(
+            channels_last=execution.channels_last,
+            attention=execution.attention,
+            fuse_qkv=execution.fuse_qkv,
+            compile=execution.compile,
+            compile_mode=execution.compile_mode,
+            compile_max_shapes=execution.compile_max_shapes,
+            compile_cache_dir=execution.compile_cache_dir or settings.cache_dir / "inductor",
+        ),
     )
 
 
