@@ -21,7 +21,7 @@ NUMBER = re.compile(r"^\d+\.\d+$")
 def test_small_run_prints_every_measure_and_ratio(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     command = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--small", "--workdir", str(tmp_path)]
-    # Bounded: about a minute on a quiet 2-core machine, a few when other work shares the cores.
+    # Bounded: 166 s measured on 2 cores at load average 7 (README, "Throughput").
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {}
