@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def default_engine(settings: Settings) -> EngineClient:
+    # torch is imported only when an engine is built.
     from daguerre.engine.loading.model_files import ModelFiles
-    from daguerre.engine.runtime.local import (
-        LocalEngine,  # torch is imported only when an engine is built
-    )
+    from daguerre.engine.runtime.execution import ExecutionOptions
+    from daguerre.engine.runtime.local import LocalEngine
+
+    execution = settings.execution
 
     return LocalEngine(
         cache_dir=settings.cache_dir,
@@ -47,6 +49,16 @@ def default_engine(settings: Settings) -> EngineClient:
         max_loras=settings.model_cache.max_loras,
         max_lora_bytes=settings.model_cache.max_lora_bytes,
         model_files=ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options),
+        host_cache_bytes=settings.model_cache.host_max_bytes,
+        execution=ExecutionOptions(
+            channels_last=execution.channels_last,
+            attention=execution.attention,
+            fuse_qkv=execution.fuse_qkv,
+            compile=execution.compile,
+            compile_mode=execution.compile_mode,
+            compile_max_shapes=execution.compile_max_shapes,
+            compile_cache_dir=execution.compile_cache_dir or settings.cache_dir / "inductor",
+        ),
     )
 
 

@@ -106,8 +106,46 @@ class ModelCacheSettings(BaseModel):
     auxiliary_max_bytes: int | None = Field(
         None, ge=1, description="bytes of resident ControlNets, annotators and upscalers; default 10%"
     )
+    host_max_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of host RAM (pinned on CUDA) holding pipelines evicted from the device, so that swapping "
+        "one back is a copy, not a load; default 25% of system RAM on CUDA, 0 (off) on CPU and MPS",
+    )
     max_loras: int = Field(8, ge=1, description="LoRA adapters kept loaded in one pipeline")
     max_lora_bytes: int = Field(1024**3, ge=1, description="bytes of LoRA adapters kept loaded in one pipeline")
+
+
+class ExecutionSettings(BaseModel):
+    """How the engine runs a loaded SD pipeline; see engine/runtime/execution.py and the README
+    ("Throughput"). Each changes speed and memory, not images (beyond floating-point rounding).
+    The defaults keep the measured-safe path; compile and fuse_qkv stay off until a GPU
+    measurement says they pay (the README's GPU table)."""
+
+    channels_last: bool | None = Field(
+        None, description="UNet and VAE in channels-last memory format; default on CUDA only (no gain on a CPU)"
+    )
+    attention: Literal["sdpa", "classic"] = Field(
+        "sdpa", description="sdpa: PyTorch's fused attention (FlashAttention where the GPU allows); classic: matmuls"
+    )
+    fuse_qkv: bool = Field(False, description="fuse each attention's q, k, v projections into one (needs sdpa)")
+    compile: bool = Field(False, description="torch.compile the UNet and VAE, per resolution and batch at first use")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; reduce-overhead and max-autotune add CUDA graphs"
+    )
+    compile_max_shapes: int = Field(
+        16, ge=1, description="compiled shapes kept per module; later new shapes run uncompiled"
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="inductor's cache of generated kernels, kept across restarts; default <data_dir>/cache/inductor",
+    )
+
+    @model_validator(mode="after")
+    def _fusion_needs_sdpa(self) -> ExecutionSettings:
+        if self.fuse_qkv and self.attention != "sdpa":
+            raise ValueError("execution.fuse_qkv needs execution.attention = 'sdpa'")
+        return self
 
 
 class MetricsSettings(BaseModel):
@@ -216,6 +254,7 @@ class Settings(BaseSettings):
     remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
     model_cache: ModelCacheSettings = Field(default_factory=ModelCacheSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     log_format: Literal["text", "json"] = Field(
         "text", description="serve's log lines: uvicorn's text, or one JSON object per line (with the job's inf_id)"
     )

@@ -165,6 +165,11 @@ class EngineStatus:
     auxiliary_budget_bytes: int = 0
     auxiliary_used_bytes: int = 0
     waiting: int = 0  # of `queued`, jobs waiting for the worker
+    # The model cache's host-memory tier: what the device tier evicted, kept a copy away.
+    host_resident: tuple[ResidentModel, ...] = ()
+    host_budget_bytes: int = 0
+    host_used_bytes: int = 0
+    device_peak_bytes: int | None = None  # most device memory the engine's tensors held at once (CUDA)
 
 
 # What a job tells its submitter, in order: Queued (on admission, then whenever its place

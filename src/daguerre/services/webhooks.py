@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from daguerre import __version__
+from daguerre.db.database import rows_updated
 from daguerre.db.tables import Inference, Token, WebhookAttempt, WebhookDelivery
 from daguerre.errors import InvalidParameter
 from daguerre.services.remote_images import blocked_address, vetted_request
@@ -307,7 +308,8 @@ class WebhookService:
         mid-attempt, the delivery is due again once that time has passed: at least once, as before."""
         lease = now + timedelta(seconds=self.settings.timeout_s * 2 + _CLAIM_MARGIN_S)
         with self._sessions.begin() as session:
-            taken = session.execute(
+            taken = rows_updated(
+                session,
                 update(WebhookDelivery)
                 .where(
                     WebhookDelivery.id == delivery_id,
@@ -315,9 +317,9 @@ class WebhookService:
                     WebhookDelivery.next_at.is_not(None),
                     WebhookDelivery.next_at <= now,
                 )
-                .values(next_at=lease)
+                .values(next_at=lease),
             )
-            return bool(taken.rowcount)
+            return taken == 1
 
     def _release(self, items: list[_Due]) -> None:
         """Attempts cut short by close(): due again at once, for the next start or another gateway."""
