@@ -36,8 +36,9 @@ export class JobCard {
   }
 
   setState(state, text) {
-    this.status.dataset.state = state;
     this.status.textContent = text;
+    if (this.element.dataset.state === state) return;
+    this.status.dataset.state = state;
     this.element.dataset.state = state;
   }
 
@@ -70,8 +71,7 @@ export class JobCard {
       this.showOutputs(data);
       this.actions.ended?.(this, data);
     } else if (name === "failed" || name === "cancelled") {
-      const refunded = name === "cancelled" ? "; credits refunded" : "";
-      this.setState(name, `${name === "failed" ? "Failed" : "Cancelled"}: ${data.message ?? ""}${refunded}`);
+      this.setState(name, `${name === "failed" ? "Failed" : "Cancelled"}: ${data.message ?? ""}`);
       this.actions.ended?.(this, data);
     }
   }
@@ -131,7 +131,7 @@ function imageFigure(url, alt, caption, filename, actions) {
   return h(
     "figure",
     { className: "output" },
-    h("img", { src: url, alt, loading: "lazy" }),
+    h("img", { src: url, alt }),
     h("figcaption", {}, caption),
     h("div", { className: "actions" }, downloadLink(url, filename), ...actions),
   );

@@ -423,9 +423,9 @@ function historyItem(job) {
   const when = job.queued_at ? new Date(job.queued_at).toLocaleString() : "";
   const outputs = [];
   (job.images ?? []).forEach((url, index) => {
-    outputs.push(h("a", { href: url, target: "_blank", rel: "noopener" }, h("img", { src: url, alt: `Image ${index + 1}, seed ${job.seeds?.[index]}`, loading: "lazy" })));
+    outputs.push(h("a", { href: url, target: "_blank", rel: "noopener" }, h("img", { src: url, alt: `Image ${index + 1}, seed ${job.seeds?.[index]}` })));
   });
-  if (job.output) outputs.push(h("a", { href: job.output, target: "_blank", rel: "noopener" }, h("img", { src: job.output, alt: `Upscaled, ${job.width} by ${job.height}`, loading: "lazy" })));
+  if (job.output) outputs.push(h("a", { href: job.output, target: "_blank", rel: "noopener" }, h("img", { src: job.output, alt: `Upscaled, ${job.width} by ${job.height}` })));
   if (job.video_url) outputs.push(h("a", { href: job.video_url, target: "_blank", rel: "noopener" }, "Video"));
   const parts = [job.kind, job.status, when, `${job.credit_cost} credits`];
   return h(
