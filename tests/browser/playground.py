@@ -70,7 +70,9 @@ def smallest_size(page: Page) -> None:
 
 
 def set_range(control: Locator, value: float) -> None:
-    control.evaluate("(input, value) => { input.value = value; input.dispatchEvent(new Event('input', {bubbles: true})); }", value)
+    control.evaluate(
+        "(input, value) => { input.value = value; input.dispatchEvent(new Event('input', {bubbles: true})); }", value
+    )
 
 
 def image_job(page: Page, prompt: str, steps: int = 4, images: int = 1) -> Locator:
@@ -101,7 +103,8 @@ def image_sizes(locator: Locator) -> list[list[int]]:
     """The decoded size of each image: 0 x 0 when it failed to load."""
     locator.first.wait_for()
     return locator.evaluate_all(
-        "images => Promise.all(images.map(i => i.decode().catch(() => null).then(() => [i.naturalWidth, i.naturalHeight])))"
+        "images => Promise.all(images.map("
+        "  (i) => i.decode().catch(() => null).then(() => [i.naturalWidth, i.naturalHeight])))"
     )
 
 
@@ -142,15 +145,18 @@ def drop_file(page: Page, selector: str, name: str, data: bytes) -> None:
     page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
 
 
-def run_axe(page: Page) -> list[dict[str, Any]]:
-    """axe-core's violations of the page as it stands, WCAG 2.x A and AA rules."""
+def run_axe(page: Page) -> dict[str, Any]:
+    """axe-core's findings on the page as it stands (WCAG 2.x A and AA rules and its best practices):
+    the violations, and how many rules passed (so a run that checked nothing shows)."""
     if not page.evaluate("typeof window.axe !== 'undefined'"):
         page.evaluate(AXE.read_text())
     return page.evaluate(
         """async () => {
-            const result = await axe.run(document, { runOnly: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] });
-            return result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help,
+            const rules = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"];
+            const result = await axe.run(document, { runOnly: rules });
+            const violations = result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help,
                 nodes: v.nodes.slice(0, 5).map((n) => n.target.join(" ")) }));
+            return { violations, passes: result.passes.map((rule) => rule.id) };
         }"""
     )
 
@@ -162,7 +168,8 @@ def field_error(page: Page, form: str, field: str) -> dict[str, Any]:
         """([form, field]) => {
             const note = document.querySelector(`#${form} [data-field='${field}'] .field-error`);
             const invalid = document.querySelector(`#${form} [data-field='${field}'] [aria-invalid=true]`);
-            return { text: note.textContent, described: invalid?.getAttribute("aria-describedby")?.split(" ").includes(note.id) ?? false,
+            const described = (invalid?.getAttribute("aria-describedby") ?? "").split(" ");
+            return { text: note.textContent, described: described.includes(note.id),
                      focused: document.activeElement === invalid };
         }""",
         [form, field],
@@ -243,7 +250,12 @@ def scenario_cancel(session: Session) -> dict[str, Any]:
     queued_end = wait_ended(queued_job)
     # The long one is cancelled while it runs, once a step has been reported.
     long_job.locator("xpath=self::*[@data-state='running']").wait_for(timeout=WAIT_MS)
-    long_job.locator("progress").evaluate("(bar) => new Promise((resolve) => { const check = () => bar.value > 0 ? resolve() : setTimeout(check, 20); check(); })")
+    long_job.locator("progress").evaluate(
+        "(bar) => new Promise((resolve) => {"
+        "  const check = () => (bar.value > 0 ? resolve() : setTimeout(check, 20));"
+        "  check();"
+        "})"
+    )
     long_job.get_by_role("button", name="Cancel").click()
     long_end = wait_ended(long_job)
     page.wait_for_function(
@@ -290,7 +302,9 @@ def scenario_controlnet(session: Session) -> dict[str, Any]:
     page.get_by_role("button", name="Choose an image…").focus()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
-    chooser.value.set_files(files=[{"name": "shapes.png", "mimeType": "image/png", "buffer": png(photo(128, 128, seed=5))}])
+    chooser.value.set_files(
+        files=[{"name": "shapes.png", "mimeType": "image/png", "buffer": png(photo(128, 128, seed=5))}]
+    )
     page.get_by_label("ControlNet").select_option("canny")
     job = image_job(page, "a house, canny")
     state = wait_ended(job)
@@ -379,10 +393,15 @@ def video_facts(video: Locator) -> dict[str, Any]:
     video.wait_for(timeout=WAIT_MS)
     return video.evaluate(
         """(video) => new Promise((resolve) => {
-            const done = () => resolve({ src: video.currentSrc, controls: video.controls, width: video.videoWidth,
-                                         height: video.videoHeight, duration: video.duration, error: video.error?.code ?? null });
+            const done = () => resolve({ src: video.currentSrc, controls: video.controls,
+                width: video.videoWidth, height: video.videoHeight, duration: video.duration,
+                error: video.error?.code ?? null });
             if (video.readyState >= 1 || video.error) done();
-            else { video.addEventListener("loadedmetadata", done); video.addEventListener("error", done); setTimeout(done, 20000); }
+            else {
+                video.addEventListener("loadedmetadata", done);
+                video.addEventListener("error", done);
+                setTimeout(done, 20000);
+            }
         })"""
     )
 
@@ -420,7 +439,12 @@ def scenario_text_to_video(session: Session) -> dict[str, Any]:
     state = wait_ended(job)
     facts = video_facts(job.locator("video"))
     session.screenshot(page, "video")
-    return {"models": models, "state": state, "video": facts, "download": job.locator("a[download]").get_attribute("download")}
+    return {
+        "models": models,
+        "state": state,
+        "video": facts,
+        "download": job.locator("a[download]").get_attribute("download"),
+    }
 
 
 def scenario_history(session: Session) -> dict[str, Any]:
@@ -429,7 +453,14 @@ def scenario_history(session: Session) -> dict[str, Any]:
         for index in range(10):
             answer = client.post(
                 "/api/inference",
-                data={"model_id": "demo", "prompt": f"history {index}", "width": 128, "height": 128, "steps": 1, "num_images": 1},
+                data={
+                    "model_id": "demo",
+                    "prompt": f"history {index}",
+                    "width": 128,
+                    "height": 128,
+                    "steps": 1,
+                    "num_images": 1,
+                },
             ).json()
             assert answer["error_code"] == 0, answer
         first = client.get("/api/jobs", params={"limit": 8}).json()
@@ -466,7 +497,8 @@ def scenario_looks(session: Session) -> dict[str, Any]:
     # The system's dark preference, then the toggle (which wins over it and is remembered).
     page.emulate_media(color_scheme="dark")
     seen["themes"]["system_dark"] = page.evaluate(
-        "[getComputedStyle(document.body).backgroundColor, document.getElementById('theme-toggle').getAttribute('aria-pressed')]"
+        "[getComputedStyle(document.body).backgroundColor,"
+        " document.getElementById('theme-toggle').getAttribute('aria-pressed')]"
     )
     page.get_by_role("button", name="Dark theme").click()
     seen["themes"]["toggled_light"] = page.evaluate(

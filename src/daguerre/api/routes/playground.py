@@ -16,7 +16,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-ASSETS = Path(__file__).resolve().parent.parent / "static" / "playground"
+PAGE = Path(__file__).resolve().parent.parent / "static" / "playground" / "index.html"
+# The page's scripts and styles; the page itself is only served at /, with its base and policy.
+ASSETS = PAGE.parent / "assets"
 ASSETS_URL = "/static/playground"
 BASE_MARK = "{{base}}"
 # The page's own code and styles come only from this server, and it connects only to this server.
@@ -33,7 +35,7 @@ router = APIRouter()
 
 @cache
 def _page() -> str:
-    return (ASSETS / "index.html").read_text(encoding="utf-8")
+    return PAGE.read_text(encoding="utf-8")
 
 
 @router.get("/", include_in_schema=False)

@@ -176,6 +176,8 @@ async function startJob(form, endpoint, data, meta) {
     const card = new JobCard({ infId: accepted.inf_id, queuePosition: accepted.queue_position, actions: jobActions, ...meta });
     $("job-list").prepend(card.element);
     $("results-empty").hidden = true;
+    // On a phone the results are below the form: bring the new job into view.
+    if (card.element.getBoundingClientRect().top > innerHeight) card.element.scrollIntoView({ block: "nearest" });
     announce(`Job started: ${meta.title}`);
     refreshBalance();
     card.follow();

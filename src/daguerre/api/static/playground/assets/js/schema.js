@@ -3,6 +3,9 @@
 // A form names its endpoint (data-schema="/api/inference"); each `.field[data-field=NAME]` in it is
 // configured from that request body's property NAME.
 
+// Display names of some choices; the choices themselves come from the schema's enums.
+const CHOICE_NAMES = { esrgan: "ESRGAN", hires_fix: "Hires fix", canny: "Canny edges", depth: "Depth", openpose: "OpenPose" };
+
 let documentPromise = null;
 
 export function loadDocument(fetchDocument) {
@@ -43,7 +46,7 @@ function format(value) {
   return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(4)));
 }
 
-// A short human sentence of what the field takes, from the schema: "128 to 896, multiple of 8; default 512".
+// A short sentence of what the field takes, from the schema: "MIN to MAX, multiple of N; default D. Description".
 export function describe(property) {
   const parts = [];
   const { min, max } = bounds(property);
@@ -88,7 +91,7 @@ export function configureControl(field, control, property, { hint = true } = {})
     if (property.default === undefined || property.default === null) {
       options.push(new Option(property.description?.startsWith("Default") ? "Default" : "None", ""));
     }
-    for (const choice of property.enum) options.push(new Option(String(choice), String(choice)));
+    for (const choice of property.enum) options.push(new Option(CHOICE_NAMES[choice] ?? String(choice), String(choice)));
     control.replaceChildren(...options);
     control.value = String(value);
   } else if (control.type === "number" || control.type === "range") {
