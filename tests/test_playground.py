@@ -232,7 +232,7 @@ def test_img2img_takes_a_dropped_image(browser: BrowserRun) -> None:
     assert seen["preview"] == [[160, 128]] and seen["drop_text"].startswith("harbour.png")
     assert seen["state"] == "done" and seen["title"].startswith("Images: demo (img2img)")
     assert seen["sizes"] == [[128, 128]]
-    assert seen["multipart"] == [(True, True)]  # the file, and the strength set on the slider
+    assert seen["multipart"] == [[True, True]]  # the file, and the strength set on the slider
 
 
 @pytest.mark.slow
