@@ -496,6 +496,8 @@ def scenario_looks(session: Session) -> dict[str, Any]:
     seen: dict[str, Any] = {"axe": axe, "themes": {}, "overflow": {}}
     # The system's dark preference, then the toggle (which wins over it and is remembered).
     page.emulate_media(color_scheme="dark")
+    # The page hears of the change from a media query listener, a moment later.
+    page.wait_for_function("() => document.getElementById('theme-toggle').getAttribute('aria-pressed') === 'true'")
     seen["themes"]["system_dark"] = page.evaluate(
         "[getComputedStyle(document.body).backgroundColor,"
         " document.getElementById('theme-toggle').getAttribute('aria-pressed')]"

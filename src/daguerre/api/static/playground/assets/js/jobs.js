@@ -43,7 +43,7 @@ export class JobCard {
   }
 
   queued(position) {
-    this.setState("queued", `Queued: ${plural(position ?? 0, "job")} ahead`);
+    this.setState("queued", position ? `Queued: ${plural(position, "job")} ahead` : "Queued: starts next");
   }
 
   async follow() {
