@@ -94,7 +94,9 @@ def test_serve_demo_prints_the_url_and_the_token_and_no_third_party_noise(live: 
     lines = live.stdout.read_text().splitlines()
     ours = [line for line in lines if not line.startswith("INFO:")]  # uvicorn's access lines follow ours
     assert any(line.startswith(f"daguerre on {live.url}") for line in ours), lines
-    assert ours[-2].startswith("demo access token") and ours[-1] == live.token, lines
+    # The last two lines are what a newcomer needs: where the playground is, and the token to paste.
+    assert ours[-2].startswith(f"open {live.url}/ in a browser (the playground)") and ours[-1] == live.token, lines
+    assert "<title>daguerre playground</title>" in httpx.get(f"{live.url}/").text
     printed = live.stdout.read_text() + live.stderr.read_text()
     assert not [noise for noise in THIRD_PARTY_NOISE if noise in printed], printed
 

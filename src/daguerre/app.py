@@ -15,10 +15,12 @@ from uvicorn.config import LOGGING_CONFIG
 
 from daguerre import __version__, metrics
 from daguerre.api.envelope import install_error_handlers
+from daguerre.api.openapi import install_setting_limits
 from daguerre.api.redaction import install_redaction
 from daguerre.api.routes import account, files, health, inference, jobs, models, upscale, video
 from daguerre.api.routes import metrics as metrics_route
 from daguerre.api.routes.docs import install_docs
+from daguerre.api.routes.playground import install_playground
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
 from daguerre.settings import Settings
@@ -108,6 +110,8 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     for module in (inference, models, upscale, video, jobs, account, files, health):
         app.include_router(module.router)
     install_docs(app)
+    install_playground(app)
+    install_setting_limits(app, settings.max_num_images)
     return app
 
 

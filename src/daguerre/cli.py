@@ -77,7 +77,13 @@ def serve(
             "AnimateDiff), [bold]demo-t2v[/bold] and [bold]demo-i2v[/bold] (video)",
             soft_wrap=True,
         )
-        console.print(f"demo access token (also in {settings.data_dir / 'demo-token'}):", soft_wrap=True)
+        # A server listening on every interface is still opened locally at 127.0.0.1.
+        local = url.replace("://0.0.0.0:", "://127.0.0.1:")
+        console.print(
+            f"open [bold]{local}/[/bold] in a browser (the playground) and paste the demo access token "
+            f"(also in {settings.data_dir / 'demo-token'}):",
+            soft_wrap=True,
+        )
         print(token, flush=True)
     GracefulServer(create_app(settings), settings).run()
 
