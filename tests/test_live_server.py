@@ -94,7 +94,9 @@ def test_serve_demo_prints_the_url_and_the_token_and_no_third_party_noise(live: 
     lines = live.stdout.read_text().splitlines()
     ours = [line for line in lines if not line.startswith("INFO:")]  # uvicorn's access lines follow ours
     assert any(line.startswith(f"daguerre on {live.url}") for line in ours), lines
-    assert ours[-2].startswith("demo access token") and ours[-1] == live.token, lines
+    # The last two lines are what a newcomer needs: where the playground is, and the token to paste.
+    assert ours[-2].startswith(f"open {live.url}/ in a browser (the playground)") and ours[-1] == live.token, lines
+    assert "<title>daguerre playground</title>" in httpx.get(f"{live.url}/").text
     printed = live.stdout.read_text() + live.stderr.read_text()
     assert not [noise for noise in THIRD_PARTY_NOISE if noise in printed], printed
 
@@ -180,6 +182,8 @@ def test_readme_python_examples_run(server: tuple[str, str], tmp_path: Path) -> 
     # The webhook recipe reads the token's secret; any well-formed one will do for it to run.
     secret = new_webhook_secret()
     env = {**os.environ, "DAGUERRE_URL": url, "DAGUERRE_TOKEN": token, "DAGUERRE_WEBHOOK_SECRET": secret}
+    # The "Python SDK" examples import daguerre_client from its source tree, as the tests do.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "clients/python/src"), env.get("PYTHONPATH")]))
     for code in blocks:
         result = subprocess.run(
             [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300

@@ -309,6 +309,25 @@ def test_a_failure_inside_the_server_is_a_failed_attempt_too(world: World) -> No
     run(scenario())
 
 
+def test_two_gateways_on_one_database_make_each_attempt_once(world: World) -> None:
+    async def scenario() -> None:
+        with webhook_receiver() as receiver:
+            # A roomy time limit: on a loaded machine an attempt timed out is retried, which is not the point here.
+            first, second = world.service(timeout_s=10.0), world.service(timeout_s=10.0)
+            for n in range(12):
+                await first.job_ended(world.token_id, f"job{n}", {**BODY, "inf_id": f"job{n}"}, url=receiver.url)
+            await asyncio.gather(first.start(), second.start())
+            got = await calls(receiver, 12)
+            for n in range(12):
+                await attempts_settled(first, f"job{n}", 1)
+            await asyncio.sleep(0.3)  # time for a second gateway's duplicate, were there one
+            await asyncio.gather(first.close(), second.close())
+        assert len(receiver.calls) == 12 and len({call.headers["webhook-id"] for call in got}) == 12
+        assert all(len(first.attempts(f"job{n}")) == 1 for n in range(12))
+
+    run(scenario())
+
+
 def test_close_returns_while_an_attempt_is_ending(world: World) -> None:
     """close() cancels the loop and the attempts together; an attempt that ends then wakes the loop
     as its cancel lands, which must not swallow the cancel (Python 3.11's wait_for did, 1 in ~40)."""

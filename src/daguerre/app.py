@@ -16,10 +16,12 @@ from uvicorn.config import LOGGING_CONFIG
 
 from daguerre import __version__, metrics
 from daguerre.api.envelope import install_error_handlers
+from daguerre.api.openapi import install_setting_limits
 from daguerre.api.redaction import install_redaction
-from daguerre.api.routes import files, health, inference, jobs, models, upscale, video
+from daguerre.api.routes import account, files, health, inference, jobs, models, upscale, video
 from daguerre.api.routes import metrics as metrics_route
 from daguerre.api.routes.docs import install_docs
+from daguerre.api.routes.playground import install_playground
 from daguerre.engine.client import EngineClient
 from daguerre.services.container import build_services, open_database
 from daguerre.settings import Settings
@@ -29,7 +31,12 @@ log = logging.getLogger(__name__)
 
 def engine_options(settings: Settings) -> dict[str, Any]:
     """LocalEngine's keyword arguments from the settings: this process's engine, or each Ray
-    replica's (which caps max_loaded_models at ray.max_models_per_replica)."""
+    replica's (which caps max_loaded_models at ray.max_models_per_replica); all picklable."""
+    # torch is imported only when an engine is built.
+    from daguerre.engine.loading.model_files import ModelFiles
+    from daguerre.engine.runtime.execution import ExecutionOptions
+
+    execution = settings.execution
     return {
         "cache_dir": settings.cache_dir,
         "device": settings.device,
@@ -43,6 +50,17 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "auxiliary_cache_bytes": settings.model_cache.auxiliary_max_bytes,
         "max_loras": settings.model_cache.max_loras,
         "max_lora_bytes": settings.model_cache.max_lora_bytes,
+        "model_files": ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options),
+        "host_cache_bytes": settings.model_cache.host_max_bytes,
+        "execution": ExecutionOptions(
+            channels_last=execution.channels_last,
+            attention=execution.attention,
+            fuse_qkv=execution.fuse_qkv,
+            compile=execution.compile,
+            compile_mode=execution.compile_mode,
+            compile_max_shapes=execution.compile_max_shapes,
+            compile_cache_dir=execution.compile_cache_dir or settings.cache_dir / "inductor",
+        ),
     }
 
 
@@ -80,7 +98,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         await services.engine.start()
         await services.webhooks.start()
         # Jobs the last server left unfinished run now, in their order, before anything new (see
-        # InferenceStore.recover; one server owns its database).
+        # InferenceStore.recover), and the heartbeat starts keeping this gateway's claims.
         resumed = await services.jobs.recover()
         if resumed:
             log.warning("resumed %d job(s) left unfinished by the last shutdown: %s", len(resumed), resumed)
@@ -112,9 +130,11 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         app.add_middleware(metrics_route.RequestMetrics)  # last added, outermost: sees every final status
         app.include_router(metrics_route.router)
     install_redaction()
-    for module in (inference, models, upscale, video, jobs, files, health):
+    for module in (inference, models, upscale, video, jobs, account, files, health):
         app.include_router(module.router)
     install_docs(app)
+    install_playground(app)
+    install_setting_limits(app, settings.max_num_images)
     return app
 
 

@@ -93,7 +93,13 @@ def serve(
             "AnimateDiff), [bold]demo-t2v[/bold] and [bold]demo-i2v[/bold] (video)",
             soft_wrap=True,
         )
-        console.print(f"demo access token (also in {settings.data_dir / 'demo-token'}):", soft_wrap=True)
+        # A server listening on every interface is still opened locally at 127.0.0.1.
+        local = url.replace("://0.0.0.0:", "://127.0.0.1:")
+        console.print(
+            f"open [bold]{local}/[/bold] in a browser (the playground) and paste the demo access token "
+            f"(also in {settings.data_dir / 'demo-token'}):",
+            soft_wrap=True,
+        )
         print(token, flush=True)
     GracefulServer(create_app(settings), settings).run()
 
@@ -193,7 +199,13 @@ def _frame_sizes(values: list[str]) -> dict[str, list[int]]:
 
 @models_app.command("add")
 def models_add(
-    path: Annotated[Path, typer.Argument(exists=True, help="A diffusers folder or a .safetensors/.ckpt/.pth file")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="A diffusers folder or a .safetensors/.ckpt/.pth file, or the URL of a file (s3://bucket/key) "
+            "that every node fetches once into its own cache"
+        ),
+    ],
     title: Annotated[str, typer.Option(help="Display title")],
     kind: Annotated[
         str,
@@ -228,7 +240,8 @@ def models_add(
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Register a model from local files (an SD 1.x image checkpoint by default); loaded offline."""
+    """Register a model from local files or a URL (an SD 1.x image checkpoint by default); loaded offline."""
+    from daguerre.engine.loading.model_files import ModelFileError, ModelFiles, is_url
     from daguerre.engine.pipelines.schedulers import SCHEDULER_NAMES
     from daguerre.services.catalog import Format, Kind, NewModel
     from daguerre.services.probing import UnsupportedModel, inspect_model
@@ -247,16 +260,32 @@ def models_add(
             _fail(ValueError("--frame-size goes with --kind video"))
         extra_options["frame_sizes"] = _frame_sizes(frame_size)
     settings = _settings(data_dir)
+    local, sha256 = Path(path), None
+    if is_url(path):
+        if kind not in ("checkpoint", "upscaler"):
+            _fail(ValueError(f"--kind {kind} takes a path: only checkpoint and upscaler files may be URLs"))
+        # Read through this node's cache, as the engine will: the probe sees the file it loads.
+        files = ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options)
+        with console.status(f"Fetching {path}..."):
+            try:
+                fetched = files.fetch(path)
+            except ModelFileError as exc:
+                _fail(exc)
+        local, sha256 = fetched.path, fetched.sha256
+    elif not local.exists():
+        _fail(FileNotFoundError(f"{path} does not exist"))
     with console.status(f"Inspecting {path}..."):
         try:
-            info = inspect_model(kind, path)
+            info = inspect_model(kind, local)
         except UnsupportedModel as exc:
             _fail(exc)
     database = _database(settings)
     try:
         record = database.catalog.add(
             NewModel(
-                path=path,
+                path=local,
+                url=path if sha256 else None,
+                sha256=sha256,
                 format=Format(info.format),
                 kind=Kind(kind),
                 title=title,

@@ -31,6 +31,8 @@ from prometheus_client import Counter, Gauge, Histogram
 KINDS = ("image", "upscale", "video")
 STATUSES = ("done", "failed", "cancelled")
 CACHES = ("model", "auxiliary")
+# The host-memory tier of the model cache (see engine/runtime/model_cache.py).
+HOST_CACHES = ("model_host",)
 
 # From a static answer (~1 ms) to a synchronous video (minutes).
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -82,6 +84,15 @@ _model_load_duration = Histogram(
 _model_evictions = Counter(
     "daguerre_model_evictions_total", "Models evicted from a cache to make room, by cache", ["cache"]
 )
+_model_restores = Counter(
+    "daguerre_model_restores_total", "Models moved back to the device from the host-memory tier, by cache", ["cache"]
+)
+_model_restore_duration = Histogram(
+    "daguerre_model_restore_seconds",
+    "Seconds a move back from the host-memory tier took, by cache",
+    ["cache"],
+    buckets=LOAD_BUCKETS,
+)
 _cache_used = Gauge("daguerre_model_cache_used_bytes", "Bytes of the models resident in a cache", ["cache"])
 _cache_budget = Gauge("daguerre_model_cache_budget_bytes", "Byte budget of a cache", ["cache"])
 _cache_entries = Gauge("daguerre_model_cache_entries", "Models resident in a cache", ["cache"])
@@ -105,6 +116,10 @@ for _kind in KINDS:
 for _cache in CACHES:
     for _metric in (_model_loads, _model_load_duration, _model_evictions):
         _metric.labels(cache=_cache)
+for _cache in HOST_CACHES:
+    _model_evictions.labels(cache=_cache)
+_model_restores.labels(cache="model")
+_model_restore_duration.labels(cache="model")
 
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
@@ -146,6 +161,11 @@ def denoising_step(kind: str, seconds: float) -> None:
 def model_loaded(cache: str, seconds: float) -> None:
     _model_loads.labels(cache=cache).inc()
     _model_load_duration.labels(cache=cache).observe(seconds)
+
+
+def model_restored(cache: str, seconds: float) -> None:
+    _model_restores.labels(cache=cache).inc()
+    _model_restore_duration.labels(cache=cache).observe(seconds)
 
 
 def model_evicted(cache: str) -> None:

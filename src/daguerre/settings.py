@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -105,8 +106,46 @@ class ModelCacheSettings(BaseModel):
     auxiliary_max_bytes: int | None = Field(
         None, ge=1, description="bytes of resident ControlNets, annotators and upscalers; default 10%"
     )
+    host_max_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of host RAM (pinned on CUDA) holding pipelines evicted from the device, so that swapping "
+        "one back is a copy, not a load; default 25% of system RAM on CUDA, 0 (off) on CPU and MPS",
+    )
     max_loras: int = Field(8, ge=1, description="LoRA adapters kept loaded in one pipeline")
     max_lora_bytes: int = Field(1024**3, ge=1, description="bytes of LoRA adapters kept loaded in one pipeline")
+
+
+class ExecutionSettings(BaseModel):
+    """How the engine runs a loaded SD pipeline; see engine/runtime/execution.py and the README
+    ("Throughput"). Each changes speed and memory, not images (beyond floating-point rounding).
+    The defaults keep the measured-safe path; compile and fuse_qkv stay off until a GPU
+    measurement says they pay (the README's GPU table)."""
+
+    channels_last: bool | None = Field(
+        None, description="UNet and VAE in channels-last memory format; default on CUDA only (no gain on a CPU)"
+    )
+    attention: Literal["sdpa", "classic"] = Field(
+        "sdpa", description="sdpa: PyTorch's fused attention (FlashAttention where the GPU allows); classic: matmuls"
+    )
+    fuse_qkv: bool = Field(False, description="fuse each attention's q, k, v projections into one (needs sdpa)")
+    compile: bool = Field(False, description="torch.compile the UNet and VAE, per resolution and batch at first use")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; reduce-overhead and max-autotune add CUDA graphs"
+    )
+    compile_max_shapes: int = Field(
+        16, ge=1, description="compiled shapes kept per module; later new shapes run uncompiled"
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="inductor's cache of generated kernels, kept across restarts; default <data_dir>/cache/inductor",
+    )
+
+    @model_validator(mode="after")
+    def _fusion_needs_sdpa(self) -> ExecutionSettings:
+        if self.fuse_qkv and self.attention != "sdpa":
+            raise ValueError("execution.fuse_qkv needs execution.attention = 'sdpa'")
+        return self
 
 
 class MetricsSettings(BaseModel):
@@ -163,6 +202,40 @@ class RaySettings(BaseModel):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must be at most max_replicas ({self.max_replicas})")
         return self
+
+
+class GatewaySettings(BaseModel):
+    """Several gateways on one database (README "Several gateways, Postgres and S3"): each job is
+    claimed by one gateway, whose heartbeat renews the claim; another takes the jobs of a gateway
+    that stopped renewing once `lease_s` has passed."""
+
+    id: str | None = Field(None, description="this gateway's name in job claims; default host:port (stable on restart)")
+    lease_s: float = Field(30.0, ge=1, description="seconds a claim lasts unless renewed")
+    heartbeat_s: float = Field(5.0, gt=0, description="seconds between renewals and looks for abandoned jobs")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> GatewaySettings:
+        # Two renewals per lease at least, so one slow heartbeat never loses a live gateway's jobs.
+        if 2 * self.heartbeat_s > self.lease_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s ({self.lease_s})")
+        return self
+
+
+class S3Settings(BaseModel):
+    """Where s3:// URLs (storage_url, model files) go; unset values fall back to the AWS defaults
+    (AWS_* environment variables, ~/.aws, an instance role)."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000 for a server other than AWS")
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    region: str | None = Field(None, description="default us-east-1 when endpoint_url is set")
+
+
+class ModelFilesSettings(BaseModel):
+    """The node's local copies of model files registered by URL (s3://...)."""
+
+    cache_dir: Path | None = Field(None, description="default <data_dir>/model-files")
+    max_bytes: int = Field(200 * 1024**3, ge=1, description="bytes of copies kept; least recently used removed")
 
 
 class Settings(BaseSettings):
@@ -232,10 +305,14 @@ class Settings(BaseSettings):
     remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
     model_cache: ModelCacheSettings = Field(default_factory=ModelCacheSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     log_format: Literal["text", "json"] = Field(
         "text", description="serve's log lines: uvicorn's text, or one JSON object per line (with the job's inf_id)"
     )
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    model_files: ModelFilesSettings = Field(default_factory=ModelFilesSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -267,3 +344,29 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def gateway_id(self) -> str:
+        return self.gateway.id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def model_files_dir(self) -> Path:
+        return self.model_files.cache_dir or self.data_dir / "model-files"
+
+    def fsspec_options(self, url: str) -> dict[str, Any]:
+        """What fsspec needs besides `url` to reach it: the s3 settings for s3:// URLs."""
+        if not url.startswith(("s3://", "s3a://")):
+            return {}
+        options: dict[str, Any] = {}
+        if self.s3.access_key_id is not None:
+            options["key"] = self.s3.access_key_id
+        if self.s3.secret_access_key is not None:
+            options["secret"] = self.s3.secret_access_key.get_secret_value()
+        client: dict[str, str] = {}
+        if self.s3.endpoint_url is not None:
+            client = {"endpoint_url": self.s3.endpoint_url, "region_name": self.s3.region or "us-east-1"}
+        elif self.s3.region is not None:
+            client = {"region_name": self.s3.region}
+        if client:
+            options["client_kwargs"] = client
+        return options

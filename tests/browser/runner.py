@@ -43,7 +43,8 @@ def main() -> int:
     assert scenarios, f"{arguments.module} has no {PREFIX}* functions"
     with (
         tempfile.TemporaryDirectory(prefix="daguerre-browser-") as data_dir,
-        live_server(Path(data_dir)) as server,
+        # A module that needs more than the demo image model says FULL_DEMO = True.
+        live_server(Path(data_dir), full_demo=getattr(module, "FULL_DEMO", False)) as server,
         chromium() as browser,
     ):
         report = {

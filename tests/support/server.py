@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from daguerre.demo.install import install_demo_model
+from daguerre.demo.install import install_demo, install_demo_model
 from daguerre.services.container import open_database
 from daguerre.settings import Settings
 
@@ -39,11 +39,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(data_dir: Path, credits: float = 100.0, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
-    """Registers the tiny demo model and a token with `credits`, then starts the server."""
+def live_server(
+    data_dir: Path, credits: float = 100.0, env: dict[str, str] | None = None, full_demo: bool = False
+) -> Iterator[LiveServer]:
+    """Registers the tiny demo model (with `full_demo`, everything `serve --demo` installs: LoRAs,
+    ControlNets, upscalers, video models) and a token with `credits`, then starts the server."""
     settings = Settings(data_dir=data_dir)
     database = open_database(settings)
-    install_demo_model(settings, database.catalog)
+    if full_demo:
+        install_demo(settings, database.catalog)
+    else:
+        install_demo_model(settings, database.catalog)
     token, _ = database.accounts.create_token(name="live", credits=credits)
     database.engine.dispose()
     port = free_port()

@@ -84,6 +84,8 @@ class ModelVersion(Base):
     path: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(16))  # diffusers | single_file
     config_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Of a file registered by URL (s3://...): nodes verify their cached copy against it.
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -115,6 +117,10 @@ class Inference(Base):
     # Storage keys by role besides the outputs: inputs a restart needs (init_image, first_frame)
     # and extra outputs (control_image).
     files: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # The gateway that runs it while unfinished, until its heartbeat stops renewing the lease
+    # (services/records.py; migration 0005).
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (Index("ix_inferences_token_created", "token_id", "created_at"),)
 

@@ -198,8 +198,9 @@ def build_tiny_lora(
     layout: str = "diffusers",
     seed: int = 0,
     extra_unet_targets: tuple[str, ...] = (),
+    rank: int = 4,
 ) -> Path:
-    """A random rank-4 LoRA (UNet attention and CLIP attention) for a tiny pipeline, saved as one
+    """A random rank-`rank` LoRA (UNet attention and CLIP attention) for a tiny pipeline, saved as one
     .safetensors file in the diffusers layout (`unet.…lora.down`, as diffusers' training scripts
     write it) or the kohya/A1111 one (`lora_unet_…lora_down`, `lora_te_…`, with alphas), as
     Civitai LoRAs are. `extra_unet_targets` adds UNet layers, e.g. ("proj_in", "proj_out") as
@@ -214,9 +215,11 @@ def build_tiny_lora(
     unet_model, text_model = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
     torch.manual_seed(seed)
     unet_model.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", *extra_unet_targets])
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0", *extra_unet_targets])
     )
-    text_model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    text_model.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    )
     # peft starts lora_B at zero (no effect); random both ways so the LoRA visibly changes the image.
     for model in (unet_model, text_model):
         _randomize([p for n, p in model.named_parameters() if "lora_" in n], 0.05)

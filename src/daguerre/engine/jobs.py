@@ -18,6 +18,8 @@ class ModelSpec:
     format: str  # diffusers | single_file
     family: str
     config_path: str | None = None
+    # Of a file registered by URL (s3://...): the node's copy is checked against it (loading/model_files.py).
+    sha256: str | None = None
 
 
 # The scheduler name of LCM sampling (lcm=true); not one a request can name.
@@ -163,6 +165,11 @@ class EngineStatus:
     auxiliary_budget_bytes: int = 0
     auxiliary_used_bytes: int = 0
     waiting: int = 0  # of `queued`, jobs waiting for the worker
+    # The model cache's host-memory tier: what the device tier evicted, kept a copy away.
+    host_resident: tuple[ResidentModel, ...] = ()
+    host_budget_bytes: int = 0
+    host_used_bytes: int = 0
+    device_peak_bytes: int | None = None  # most device memory the engine's tensors held at once (CUDA)
     replicas: tuple[ReplicaStatus, ...] = ()  # a Ray Serve engine's workers (engine/ray)
 
 

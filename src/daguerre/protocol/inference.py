@@ -40,7 +40,11 @@ class InferenceRequest(BaseModel):
         "tags in the prompt add more",
     )
     lora_scale: Text = Field(
-        "0.75", description="From -2 to 2; several LoRAs: one scale for all, or one per id separated by commas"
+        "0.75",
+        description="From -2 to 2; several LoRAs: one scale for all, or one per id separated by commas",
+        # A string (it may list several), so the range of each value travels as an extension that
+        # clients such as the playground read.
+        json_schema_extra={"x-minimum": LORA_SCALE_RANGE[0], "x-maximum": LORA_SCALE_RANGE[1]},
     )
     lcm: Bool = Field(False, description="Fast LCM sampling at half the cost: default steps 6, scale 1.5")
     image_strength: float = Field(0.75, ge=0, le=1, description="img2img: how much to transform init_image_file")

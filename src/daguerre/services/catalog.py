@@ -41,6 +41,7 @@ class Version:
     path: str
     format: Format
     config_path: str | None
+    sha256: str | None = None  # of a file registered by URL
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class NewModel:
     version: str | None = None
     family: str = "sd15"
     config_path: Path | None = None
+    # Registered by URL (s3://...): the catalog keeps the URL and the file's checksum, and `path` is
+    # only the copy `models add` probed; every node fetches its own (engine/loading/model_files.py).
+    url: str | None = None
+    sha256: str | None = None
     # Metadata: None keeps what an existing id already has (adding a version changes only what
     # the operator gives).
     cover_img: str | None = None
@@ -137,9 +142,10 @@ class CatalogService:
                 ModelVersion(
                     model_id=model.id,
                     version=version,
-                    path=str(new.path.resolve()),
+                    path=new.url or str(new.path.resolve()),
                     format=new.format.value,
                     config_path=str(new.config_path.resolve()) if new.config_path else None,
+                    sha256=new.sha256,
                 )
             )
             session.flush()
@@ -193,5 +199,5 @@ class CatalogService:
             default_scheduler=model.default_scheduler,
             default_negative_prompt=model.default_negative_prompt,
             options=dict(model.options),
-            versions=[Version(v.version, v.path, Format(v.format), v.config_path) for v in versions],
+            versions=[Version(v.version, v.path, Format(v.format), v.config_path, v.sha256) for v in versions],
         )

@@ -36,7 +36,8 @@ def open_database(settings: Settings) -> Database:
     migrate(url)
     engine = make_engine(url)
     sessions = session_factory(engine)
-    return Database(engine, AccountService(sessions), CatalogService(sessions), InferenceStore(sessions), sessions)
+    inferences = InferenceStore(sessions, settings.gateway_id, settings.gateway.lease_s)
+    return Database(engine, AccountService(sessions), CatalogService(sessions), inferences, sessions)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Services:
 
 
 def build_services(settings: Settings, database: Database, engine: EngineClient) -> Services:
-    storage = Storage(settings.resolved_storage_url)
+    storage = Storage(settings.resolved_storage_url, settings.fsspec_options(settings.resolved_storage_url))
     shared = (settings, database.accounts, database.catalog, database.inferences, storage)
     inference = InferenceService(*shared)
     upscale = UpscaleService(*shared)

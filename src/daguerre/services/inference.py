@@ -55,6 +55,7 @@ def model_spec(model: ModelRecord, version: Version) -> ModelSpec:
         format=version.format.value,
         family=model.family,
         config_path=version.config_path,
+        sha256=version.sha256,
     )
 
 

@@ -12,6 +12,12 @@ stopped server left queued, re-planned from the stored document with its resolve
 (same seeds, same result); see InferenceStore.recover for the rule on jobs that were running.
 On SIGTERM, jobs nobody waits for that had not started stay queued for the next start; a request
 waiting for its answer gets it now (failed, refunded).
+
+Several gateways on one database: a job is claimed by the gateway that records it
+(InferenceStore), and the heartbeat (`beat`, every gateway.heartbeat_s) renews this gateway's
+claims, stops here the jobs it no longer holds (cancelled through another gateway, or taken over
+after this one was cut off longer than the lease), and takes over the jobs of gateways that
+stopped renewing. A closing gateway releases its queued jobs, so another runs them at once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from anyio import to_thread
@@ -60,6 +67,7 @@ log = logging.getLogger(__name__)
 CANCELLED_BY_CLIENT = "cancelled by the client; the credits were refunded"
 CLIENT_GONE = "cancelled: the client disconnected before the answer; the credits were refunded"
 NOT_RESTORED = "could not be queued again after a restart ({reason}); the credits were refunded"
+NOT_OURS = "stopped: this job ended through another gateway, or another gateway took it over"
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,8 @@ class JobService:
         self._live: dict[str, _Live] = {}
         self._runners: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closed: asyncio.Task[None] | None = None
 
     # Submitting
 
@@ -204,7 +214,7 @@ class JobService:
         try:
             handle = await self.engine.submit(inf_id, plan.job, str(token.id))
         except DaguerreError as exc:
-            await to_thread.run_sync(self.inferences.end, inf_id, FAILED, exc.message)
+            await to_thread.run_sync(partial(self.inferences.end, inf_id, FAILED, exc.message, owned=True))
             raise
         metrics.job_submitted(plan.kind)
         metrics.credits_charged(plan.cost)
@@ -261,9 +271,8 @@ class JobService:
                 await self._on_event(live, event)
         except Exception:
             log.exception("the runner of job %s failed", live.record.id)
-            await to_thread.run_sync(
-                self.inferences.end, live.record.id, FAILED, "failed: the server could not follow this job"
-            )
+            message = "failed: the server could not follow this job"
+            await to_thread.run_sync(partial(self.inferences.end, live.record.id, FAILED, message, owned=True))
         finally:
             self._live.pop(live.record.id, None)
             live.ended.set()
@@ -277,8 +286,12 @@ class JobService:
             live.publish("queued", {"queue_position": event.position})
         elif isinstance(event, Started):
             metrics.job_started(live.record.kind, _seconds(live.record.queued_at, datetime.now(UTC)) or 0.0)
-            await to_thread.run_sync(self.inferences.start, inf_id)
             live.started, live.position = True, None
+            if not await to_thread.run_sync(self.inferences.start, inf_id):
+                # Cancelled through another gateway, or no longer ours: its record says how it ends.
+                live.cancel_reason = NOT_OURS
+                live.handle.cancel()
+                return
             live.publish("started", {})
         elif isinstance(event, Progress):
             live.progress = (event.step, event.total)
@@ -319,7 +332,8 @@ class JobService:
         self.inferences.finish(inf_id, keys, extra or None)
 
     async def _end(self, live: _Live, status: str, message: str, error_id: str | None, http_status: int) -> None:
-        if await to_thread.run_sync(self.inferences.end, live.record.id, status, message, error_id):
+        ending = partial(self.inferences.end, live.record.id, status, message, error_id, owned=True)
+        if await to_thread.run_sync(ending):
             metrics.credits_refunded(live.record.credit_cost)
         live.failure = JobEnded(message, http_status)
         await self._ended(live)
@@ -328,6 +342,10 @@ class JobService:
         record = await to_thread.run_sync(self.inferences.find, live.record.id)
         assert record is not None
         live.record = record
+        if record.status in UNFINISHED:
+            # Another gateway took it over (this one was cut off longer than the lease): it ends there.
+            log.warning("job %s was taken over by gateway %s", record.id, record.claimed_by)
+            return
         body = await self.status_body(record)
         live.publish(FINAL_NAMES.get(record.status, record.status), body)
         duration = _seconds(record.queued_at, record.finished_at or datetime.now(UTC)) or 0.0
@@ -405,6 +423,8 @@ class JobService:
         client says it has it (Last-Event-ID: end)."""
         record = await to_thread.run_sync(self.inferences.get, inf_id, token_id)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        if inf_id not in self._live:
+            record = await self._while_elsewhere(record)
         live = self._live.get(inf_id)
         if live is None:
             async for replayed in self._events_without_runner(record, last_event_id, base_url):
@@ -427,20 +447,22 @@ class JobService:
         finally:
             live.listeners.remove(queue)
 
+    async def _while_elsewhere(self, record: InferenceRecord) -> InferenceRecord:
+        """Wait while another gateway runs the job (or nobody yet): until it ends, or until it
+        runs here (taken over), or this gateway closes. Its record then."""
+        while record.status in UNFINISHED and record.id not in self._live and not self._closing:
+            await asyncio.sleep(0.5)
+            found = await to_thread.run_sync(self.inferences.find, record.id)
+            if found is None:
+                break
+            record = found
+        return record
+
     async def _events_without_runner(
         self, record: InferenceRecord, last_event_id: str | None, base_url: str | None
     ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
         # Ended (or queued, left by a shutdown): one event says where it stands; a final one is
         # replayed unless the client already has it.
-        while record.status in UNFINISHED:
-            live = self._live.get(record.id)
-            if live is not None or self._closing:
-                break
-            await asyncio.sleep(0.5)
-            found = await to_thread.run_sync(self.inferences.find, record.id)
-            if found is None:
-                return
-            record = found
         if record.status in UNFINISHED:
             yield "0", "queued" if record.status == QUEUED else "started", await self.status_body(record, base_url)
             return
@@ -462,18 +484,62 @@ class JobService:
 
     async def recover(self) -> list[str]:
         """Submit again, in their order, the jobs a stopped server left queued (and those it was
-        running, once). A job that cannot be planned again is failed and refunded, saying why."""
-        records = await to_thread.run_sync(self.inferences.recover)
+        running, once), then keep this gateway's claims alive (see `beat`). A job that cannot be
+        planned again is failed and refunded, saying why."""
+        resumed = await self._resume(await to_thread.run_sync(self.inferences.recover))
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat_forever(), name="gateway heartbeat")
+        return resumed
+
+    async def beat(self) -> list[str]:
+        """Renew this gateway's claims; stop here the jobs it no longer holds; take over, and
+        submit, the jobs whose gateway stopped renewing. Returns the ids taken over."""
+        following = set(self._live)  # before the renewal reads the claims: later jobs are ours
+        mine = await to_thread.run_sync(self.inferences.renew)
+        for inf_id in following - mine:
+            live = self._live.get(inf_id)
+            if live is not None and not live.ended.is_set():
+                live.cancel_reason = NOT_OURS
+                live.handle.cancel()
+        if self._closing:
+            return []
+        # At most a queue's worth a beat: the engine admits taken-over jobs beyond max_queue.
+        claim = partial(self.inferences.claim, limit=self.settings.max_queue)
+        taken = await self._resume(await to_thread.run_sync(claim))
+        if taken:
+            log.warning("took over %d job(s) another gateway left unfinished: %s", len(taken), taken)
+        return taken
+
+    async def _beat_forever(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.settings.gateway.heartbeat_s)
+            try:
+                await self.beat()
+            except Exception:  # the database may be away for a while; the next beat tries again
+                log.exception("the gateway heartbeat failed; trying again in %s s", self.settings.gateway.heartbeat_s)
+
+    def closing(self) -> bool:
+        # A call, read afresh after every await (mypy keeps an attribute's narrowing across them).
+        return self._closing
+
+    async def _resume(self, records: list[InferenceRecord]) -> list[str]:
         resumed = []
         for record in records:
+            if self.closing():  # left queued: closing releases them to the next gateway
+                break
+            if record.id in self._live:  # still running here: its claim had lapsed, and is ours again
+                continue
             try:
                 planner = self.planners[record.kind]
                 inputs = await to_thread.run_sync(self._inputs, record)
                 job = await planner.restore(record, inputs)
                 handle = await self.engine.submit(record.id, job, str(record.token_id), readmitted=True)
             except (DaguerreError, KeyError) as exc:
+                if self.closing():  # the engine stopped meanwhile: not the job's fault
+                    break
                 reason = exc.message if isinstance(exc, DaguerreError) else f"unknown kind {record.kind}"
-                await to_thread.run_sync(self.inferences.end, record.id, FAILED, NOT_RESTORED.format(reason=reason))
+                failed = partial(self.inferences.end, record.id, FAILED, NOT_RESTORED.format(reason=reason), owned=True)
+                await to_thread.run_sync(failed)
                 continue
             self._follow(record, handle, waited=False)
             resumed.append(record.id)
@@ -484,12 +550,24 @@ class JobService:
         return {role: self.storage.get(key) for role, key in (record.files or {}).items() if role in roles}
 
     async def close(self, grace_s: float | None = None) -> None:
-        """Stop the engine (see EngineClient.close), then let every runner record its ending."""
+        """Stop the engine (see EngineClient.close), let every runner record its ending, then
+        leave the jobs still queued to the next gateway that claims them. A second call (the
+        lifespan's, after the signal handler's) waits for the first."""
+        if self._closed is None:
+            self._closed = asyncio.create_task(self._close(grace_s), name="closing the jobs")
+        await asyncio.shield(self._closed)
+
+    async def _close(self, grace_s: float | None) -> None:
         self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         await self.engine.close(grace_s)
         runners = list(self._runners)
         if runners:
             await asyncio.wait(runners, timeout=30)
+        released = await to_thread.run_sync(self.inferences.release)
+        if released:
+            log.info("left %d queued job(s) to the next gateway that claims them", released)
 
 
 class CannotCancel(DaguerreError):

@@ -22,6 +22,21 @@ that says what happened to its credits, and nothing is refunded twice.
 At startup `recover` reconciles what a stopped server left: queued jobs stay queued (they are
 submitted again, in their order); a job that was running runs once more, and one that was already
 running for the second time is failed and refunded.
+
+Several gateways on one database: every unfinished job is claimed by one gateway (`claimed_by`)
+until `lease_until`, which that gateway's heartbeat keeps pushing forward (`renew`). Only the
+claimer moves its job (start, finish, fail: each UPDATE is conditional on the claim, so a gateway
+that lost a claim can neither deliver nor refund). A gateway that stops renewing (killed, cut off)
+leaves its jobs to `claim`, which any other gateway runs on its heartbeat: the rows are taken with
+SELECT ... FOR UPDATE SKIP LOCKED on Postgres (two claimers never wait for, nor take, the same
+rows) and reconciled as after a restart. The clock is the database's on Postgres, so gateways'
+clocks need not agree.
+
+Why not pgqueuer or procrastinate: both are Postgres-only queues with their own tables and
+workers. Here the queue is the inferences table itself: a job's charge and its record are one
+transaction, and a refund happens only with the status change that ends it; an outside queue
+would need a second record kept in step with that one, and SQLite (the one-process default)
+would need a second code path. A claim is two columns and three conditional UPDATEs.
 """
 
 from __future__ import annotations
@@ -29,10 +44,10 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.database import rows_updated
@@ -100,6 +115,7 @@ class InferenceRecord:
     error_id: str | None = None
     base_url: str = ""
     files: dict[str, str] | None = None
+    claimed_by: str | None = None
 
     @property
     def request(self) -> dict[str, Any]:
@@ -131,12 +147,31 @@ def _record(row: Inference) -> InferenceRecord:
         error_id=row.error_id,
         base_url=row.base_url,
         files=dict(row.files) if row.files else None,
+        claimed_by=row.claimed_by,
     )
 
 
 class InferenceStore:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    """`gateway` names this process in the claims of the jobs it runs; `lease_s` is how long a
+    claim lasts without a renewal (settings: gateway.id, gateway.lease_s)."""
+
+    def __init__(self, sessions: sessionmaker[Session], gateway: str = "local", lease_s: float = 30.0) -> None:
         self._sessions = sessions
+        self.gateway = gateway
+        self.lease = timedelta(seconds=lease_s)
+
+    @staticmethod
+    def _clock(session: Session) -> datetime:
+        # Leases are compared with the database's clock where it has one to share: gateways'
+        # clocks may drift apart, the database's is the same for all of them.
+        if session.get_bind().dialect.name == "postgresql":
+            moment = session.scalar(select(func.now()))
+            if isinstance(moment, datetime):
+                return moment
+        return _now()
+
+    def _claimed(self) -> ColumnElement[bool]:
+        return Inference.claimed_by == self.gateway
 
     def open(
         self,
@@ -169,6 +204,7 @@ class InferenceStore:
                         f"(setting max_queued_per_token {max_unfinished}); wait for one to end, or cancel one"
                     )
             debit(session, token_id, cost, inf_id)
+            now = self._clock(session)
             session.add(
                 Inference(
                     id=inf_id,
@@ -183,13 +219,16 @@ class InferenceStore:
                     webhook_url=webhook_url,
                     base_url=base_url,
                     files=files,
+                    claimed_by=self.gateway,
+                    lease_until=now + self.lease,
                 )
             )
 
     def start(self, inf_id: str) -> bool:
-        """Queued to running; counts the attempt. False when it is not queued (cancelled)."""
+        """Queued to running; counts the attempt. False when it is not queued (cancelled) or no
+        longer this gateway's."""
         with self._sessions.begin() as session:
-            statement = update(Inference).where(Inference.id == inf_id, Inference.status == QUEUED)
+            statement = update(Inference).where(Inference.id == inf_id, Inference.status == QUEUED, self._claimed())
             values = {"status": RUNNING, "started_at": _now(), "attempts": Inference.attempts + 1}
             return rows_updated(session, statement.values(**values)) == 1
 
@@ -198,47 +237,100 @@ class InferenceStore:
         with self._sessions.begin() as session:
             row = session.get(Inference, inf_id)
             merged = {**(row.files or {}), **(files or {})} if row is not None else files
-            statement = update(Inference).where(Inference.id == inf_id, Inference.status == RUNNING)
+            statement = update(Inference).where(Inference.id == inf_id, Inference.status == RUNNING, self._claimed())
             values = {"status": DONE, "outputs": outputs, "finished_at": _now(), "files": merged or None}
             if rows_updated(session, statement.values(**values)) != 1:
-                # Only when something else already ended and refunded it (a shutdown's deadline).
+                # Only when something else already ended and refunded it (a shutdown's deadline, a
+                # client's cancel through another gateway), or another gateway took it over.
                 raise DaguerreError(f"inference {inf_id} was stopped before it could be delivered")
 
-    def end(self, inf_id: str, status: str, error: str, error_id: str | None = None) -> bool:
+    def end(self, inf_id: str, status: str, error: str, error_id: str | None = None, *, owned: bool = False) -> bool:
         """Mark an unfinished job failed or cancelled and refund its charge, with `error` as the
-        ledger's note; False if it had already ended."""
+        ledger's note; False if it had already ended. `owned`: only while this gateway holds its
+        claim (the runner's endings; a client's cancel may come through any gateway)."""
         with self._sessions.begin() as session:
-            return self._end(session, inf_id, status, error, error_id)
+            return self._end(session, inf_id, status, error, error_id, self._claimed() if owned else None)
 
     def fail(self, inf_id: str, error: str) -> bool:
         return self.end(inf_id, FAILED, error)
 
     def recover(self) -> list[InferenceRecord]:
-        """At startup: the jobs a stopped server left unfinished, reconciled. A job that was
-        running goes back to the queue to run once more; one that had already started twice is
-        failed and refunded. Returns the queued jobs, oldest first, to be submitted again.
-
-        One server owns its database today. With several gateways on one database, each must
-        resolve only its own records (a per-instance owner column), or it would take over work
-        another gateway is still running.
-        """
+        """At startup: the jobs this gateway's last run left unfinished (the same gateway id),
+        and any whose claim lapsed, reconciled and claimed (see `claim`). On SQLite, every
+        unfinished job: one process owns a SQLite database, whatever id it ran under before (a
+        restart on another port changes the default id)."""
         with self._sessions() as session:
-            running = list(session.execute(select(Inference.id, Inference.attempts).where(Inference.status == RUNNING)))
-        for inf_id, attempts in running:
-            if attempts >= 2:
-                self.end(inf_id, FAILED, INTERRUPTED)
-                continue
-            with self._sessions.begin() as session:
-                statement = update(Inference).where(Inference.id == inf_id, Inference.status == RUNNING)
-                rows_updated(session, statement.values(status=QUEUED))
+            alone = session.get_bind().dialect.name == "sqlite"
+        return self.claim(own=True, everyone=alone)
+
+    def claim(self, *, own: bool = False, everyone: bool = False, limit: int | None = None) -> list[InferenceRecord]:
+        """Take over unfinished jobs nobody holds: unclaimed (released at a shutdown) or whose
+        lease has passed (their gateway died), oldest first; with `own`, this gateway's too (it
+        restarted). A job that was running goes back to the queue to run once more; one that had
+        already started twice is failed and refunded. Returns the claimed jobs now queued, oldest
+        first, to be submitted."""
+        with self._sessions.begin() as session:
+            now = self._clock(session)
+            abandoned = or_(
+                Inference.claimed_by.is_(None), Inference.lease_until.is_(None), Inference.lease_until < now
+            )
+            if own:
+                abandoned = or_(abandoned, self._claimed())
+            if everyone:
+                abandoned = true()
+            query = (
+                select(Inference.id, Inference.status, Inference.attempts)
+                .where(Inference.status.in_(UNFINISHED), abandoned)
+                .order_by(Inference.queued_at, Inference.id)
+                .limit(limit)
+                # Postgres: rows another gateway is claiming are skipped, not waited for; SQLite
+                # (one gateway) has no row locks and ignores it.
+                .with_for_update(skip_locked=True)
+            )
+            claimed = []
+            for inf_id, status, attempts in session.execute(query).all():
+                statement = update(Inference).where(Inference.id == inf_id, Inference.status.in_(UNFINISHED), abandoned)
+                if rows_updated(session, statement.values(claimed_by=self.gateway, lease_until=now + self.lease)) != 1:
+                    continue
+                if status == RUNNING and attempts >= 2:
+                    self._end(session, inf_id, FAILED, INTERRUPTED, None)
+                    continue
+                if status == RUNNING:
+                    session.execute(update(Inference).where(Inference.id == inf_id).values(status=QUEUED))
+                claimed.append(inf_id)
+        if not claimed:
+            return []
         with self._sessions() as session:
             rows = session.scalars(
-                select(Inference).where(Inference.status == QUEUED).order_by(Inference.queued_at, Inference.id)
+                select(Inference)
+                .where(Inference.id.in_(claimed), Inference.status == QUEUED)
+                .order_by(Inference.queued_at, Inference.id)
             )
             return [_record(row) for row in rows]
 
+    def renew(self) -> set[str]:
+        """The heartbeat: push this gateway's claims forward; the ids of its unfinished jobs."""
+        with self._sessions.begin() as session:
+            mine = (Inference.status.in_(UNFINISHED), self._claimed())
+            session.execute(update(Inference).where(*mine).values(lease_until=self._clock(session) + self.lease))
+            return set(session.scalars(select(Inference.id).where(*mine)))
+
+    def release(self) -> int:
+        """At a shutdown: this gateway's queued jobs are left to whichever gateway claims them
+        first (this one, restarted, or another at once); how many."""
+        with self._sessions.begin() as session:
+            statement = update(Inference).where(Inference.status == QUEUED, self._claimed())
+            return rows_updated(session, statement.values(claimed_by=None, lease_until=None))
+
     @staticmethod
-    def _end(session: Session, inf_id: str, status: str, error: str, error_id: str | None) -> bool:
+    def _end(
+        session: Session,
+        inf_id: str,
+        status: str,
+        error: str,
+        error_id: str | None,
+        condition: ColumnElement[bool] | None = None,
+    ) -> bool:
         row = session.execute(
             select(Inference.token_id, Inference.credit_cost).where(Inference.id == inf_id)
         ).one_or_none()
@@ -246,6 +338,8 @@ class InferenceStore:
             return False
         # Conditional on the status, so of two processes (or two restarts) only one refunds.
         statement = update(Inference).where(Inference.id == inf_id, Inference.status.in_(UNFINISHED))
+        if condition is not None:
+            statement = statement.where(condition)
         values = {"status": status, "error": error, "error_id": error_id, "credit_cost": 0, "finished_at": _now()}
         if rows_updated(session, statement.values(**values)) != 1:
             return False

@@ -1,14 +1,14 @@
 """Output storage through fsspec: a local folder by default, any fsspec URL (s3://...) works.
 
 Keys carry 192 random bits, so an output URL cannot be guessed; the server serves them under
-/files/<key>.
+/files/<key>. On shared storage (S3) every gateway serves every key, whichever made it.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from typing import cast
+from typing import Any, cast
 
 from fsspec.core import url_to_fs
 
@@ -21,9 +21,13 @@ CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp
 
 
 class Storage:
-    def __init__(self, url: str) -> None:
-        self._fs, self._root = url_to_fs(url)
-        self._fs.makedirs(self._root, exist_ok=True)
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        """`options` go to the fsspec filesystem: credentials and endpoint (Settings.fsspec_options)."""
+        self._fs, self._root = url_to_fs(url, **(options or {}))
+        # Object stores have no folders to make: only a local root needs them.
+        self._local = "file" in self._fs.protocol
+        if self._local:
+            self._fs.makedirs(self._root, exist_ok=True)
 
     @staticmethod
     def new_key(folder: str, extension: str) -> str:
@@ -31,14 +35,13 @@ class Storage:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self._fs.open(path, "wb") as f:
-            f.write(data)
+        if self._local:
+            self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._fs.pipe_file(path, data)  # one PUT on an object store
 
     def get(self, key: str) -> bytes:
         try:
-            with self._fs.open(self._path(key), "rb") as f:
-                return cast(bytes, f.read())  # fsspec is unannotated
+            return cast(bytes, self._fs.cat_file(self._path(key)))  # fsspec is unannotated
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound("file not found") from None
 

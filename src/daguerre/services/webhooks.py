@@ -15,8 +15,10 @@ Deliveries are rows in the database, so they survive restarts: one row per job, 
 their own table. An asyncio task on the server's event loop, never the engine's worker, sends the
 attempts that are due, each with its own time limit, and records each one. Any 2xx is delivered;
 anything else, or no answer, is tried again after an exponentially growing, jittered wait until
-`webhooks.max_attempts` is spent. Delivery is at least once: an attempt cut short by a restart is
-made again, with the same webhook-id, so receivers deduplicate by it.
+`webhooks.max_attempts` is spent. Each attempt is claimed in the database first, so of several
+gateways on one database exactly one makes it. Delivery is at least once: an attempt cut short by a
+shutdown is due again at once, one cut short by a crash once its claim has run out (twice
+`timeout_s` plus 30 s), and it is made again with the same webhook-id, so receivers deduplicate by it.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from typing import Any
 import anyio
 import httpx
 from anyio import to_thread
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from daguerre import __version__
+from daguerre.db.database import rows_updated
 from daguerre.db.tables import Inference, Token, WebhookAttempt, WebhookDelivery
 from daguerre.errors import InvalidParameter
 from daguerre.services.remote_images import blocked_address, vetted_request
@@ -58,6 +61,8 @@ _MAX_IN_FLIGHT = 16
 # Each wait is scaled by a random factor within ±20%, so deliveries that failed together (a receiver's
 # outage) do not all come back in the same second.
 _JITTER = 0.2
+# Beyond twice an attempt's time limit, a claimed attempt whose gateway went silent is due again.
+_CLAIM_MARGIN_S = 30.0
 # The loop looks at the database at least this often even when nothing wakes it.
 _IDLE_S = 60.0
 _SHOWN_CHARS = 100
@@ -119,6 +124,7 @@ class WebhookService:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._items: dict[str, _Due] = {}  # what each in-flight task attempts, for close() to release
 
     # -- the URL check ---------------------------------------------------------------------------
 
@@ -231,11 +237,18 @@ class WebhookService:
     async def close(self) -> None:
         """Stop sending. An attempt cut short here is made again after the next start."""
         tasks = [t for t in (self._loop_task, *self._in_flight.values()) if t is not None]
+        cut = list(self._items.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
         self._in_flight.clear()
+        self._items.clear()
+        if cut:
+            try:
+                await to_thread.run_sync(self._release, cut)
+            except Exception:
+                log.exception("webhook deliveries: releasing %d cut-short attempts failed", len(cut))
 
     async def _run(self) -> None:
         while True:
@@ -249,6 +262,7 @@ class WebhookService:
             for item in due:
                 task = asyncio.create_task(self._attempt(item), name=f"webhook {item.delivery_id}")
                 self._in_flight[item.delivery_id] = task
+                self._items[item.delivery_id] = item
                 task.add_done_callback(functools.partial(self._settled, item.delivery_id))
             # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands as the event is
             # set (close() cancels an attempt whose done-callback sets it), and close() hangs.
@@ -258,6 +272,7 @@ class WebhookService:
 
     def _settled(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery_id, None)
+        self._items.pop(delivery_id, None)
         self._wake.set()
 
     def _due(self, in_flight: set[str]) -> tuple[list[_Due], float]:
@@ -282,9 +297,40 @@ class WebhookService:
                 if at > now:
                     wait = min(wait, (at - now).total_seconds())
                     break
-                if len(due) < slots:
+                if len(due) < slots and self._claim(delivery.id, delivery.attempts, now):
                     due.append(_Due(delivery.id, delivery.url, delivery.payload, secret, delivery.attempts + 1))
         return due, wait
+
+    def _claim(self, delivery_id: str, attempts: int, now: datetime) -> bool:
+        """Take the delivery's next attempt for this process: its `next_at` moves past the attempt's
+        time limit, so another gateway on the same database does not find it due meanwhile (the
+        update is conditional: of two gateways that read it due, one gets it). If this process dies
+        mid-attempt, the delivery is due again once that time has passed: at least once, as before."""
+        lease = now + timedelta(seconds=self.settings.timeout_s * 2 + _CLAIM_MARGIN_S)
+        with self._sessions.begin() as session:
+            taken = rows_updated(
+                session,
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery_id,
+                    WebhookDelivery.attempts == attempts,
+                    WebhookDelivery.next_at.is_not(None),
+                    WebhookDelivery.next_at <= now,
+                )
+                .values(next_at=lease),
+            )
+            return taken == 1
+
+    def _release(self, items: list[_Due]) -> None:
+        """Attempts cut short by close(): due again at once, for the next start or another gateway."""
+        with self._sessions.begin() as session:
+            for item in items:
+                session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == item.delivery_id, WebhookDelivery.attempts == item.attempt - 1)
+                    .where(WebhookDelivery.delivered_at.is_(None), WebhookDelivery.next_at.is_not(None))
+                    .values(next_at=datetime.now(UTC))
+                )
 
     async def _attempt(self, item: _Due) -> None:
         try:
@@ -349,6 +395,8 @@ class WebhookService:
         with self._sessions.begin() as session:
             delivery = session.get(WebhookDelivery, item.delivery_id)
             if delivery is None:  # its token was deleted meanwhile
+                return
+            if delivery.attempts != item.attempt - 1:  # recorded already (this attempt outlived its claim)
                 return
             delivery.attempts = item.attempt
             delivery.next_at = next_at

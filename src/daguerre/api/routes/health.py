@@ -23,6 +23,12 @@ async def health(request: Request) -> dict[str, object]:
                 "used_bytes": status.used_bytes,
                 "resident": [{"model": m.name, "bytes": m.bytes} for m in status.resident],
             },
+            "host": {
+                "budget_bytes": status.host_budget_bytes,
+                "used_bytes": status.host_used_bytes,
+                "resident": [{"model": m.name, "bytes": m.bytes} for m in status.host_resident],
+            },
+            "device_peak_bytes": status.device_peak_bytes,
             "auxiliary": {
                 "budget_bytes": status.auxiliary_budget_bytes,
                 "used_bytes": status.auxiliary_used_bytes,

@@ -27,7 +27,5 @@ def load_text_to_image(
     else:
         raise ValueError(f"unknown model format {spec.format!r}")
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
-    if device.type == "cuda":
-        pipe.unet.to(memory_format=torch.channels_last)
-    return pipe
+    # Memory format, attention and compilation are engine/runtime/execution.py's, per settings.
+    return pipe.to(device)

@@ -31,10 +31,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from daguerre import metrics
@@ -78,6 +79,7 @@ from daguerre.engine.loading.lora import (
     activate_loras,
     remove_loras,
 )
+from daguerre.engine.loading.model_files import ModelFiles, is_url
 from daguerre.engine.pipelines import video
 from daguerre.engine.pipelines.annotators import Annotator, canny, load_annotator
 from daguerre.engine.pipelines.controlnet import controlnet_images
@@ -89,9 +91,17 @@ from daguerre.engine.pipelines.upscaling import Upscaler, load_upscaler, upscale
 from daguerre.engine.pipelines.video_encoding import encode_mp4
 from daguerre.engine.prompts.encoding import check_prompt_length
 from daguerre.engine.runtime.devices import pick_device, pick_dtype
+from daguerre.engine.runtime.execution import ExecutionOptions, prepare, refresh_fused_projections, unfused
 from daguerre.engine.runtime.failures import JobCancelled, new_error_id, stage
-from daguerre.engine.runtime.memory import default_budget, estimate_bytes, resident_bytes
-from daguerre.engine.runtime.model_cache import ModelCache, label
+from daguerre.engine.runtime.memory import (
+    default_budget,
+    estimate_bytes,
+    host_memory,
+    move_modules,
+    moved,
+    resident_bytes,
+)
+from daguerre.engine.runtime.model_cache import HostTier, ModelCache, label
 from daguerre.errors import DaguerreError, GenerationFailed, ServerBusy
 from daguerre.imaging import encode_png
 
@@ -105,6 +115,10 @@ log = logging.getLogger(__name__)
 # ControlNets. The demo model measures about 12 MB in float32.
 MODEL_CACHE_FRACTION = 0.6
 AUXILIARY_CACHE_FRACTION = 0.1
+# The host tier (`model_cache.host_max_bytes`) on CUDA: a quarter of system RAM, pinned. 64 GB of
+# RAM keeps seven SD 1.5 pipelines (2.1 GB each) a copy away from the GPU and leaves most of the
+# RAM to the OS and the page cache. On CPU and MPS the device tier already is system RAM.
+HOST_CACHE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -317,14 +331,25 @@ class LocalEngine(EngineClient):
         max_lora_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
         shutdown_grace_s: float = 30.0,
         max_prompt_chunks: int = 40,
+        model_files: ModelFiles | None = None,
+        host_cache_bytes: int | None = None,
+        execution: ExecutionOptions | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        self.execution = execution or ExecutionOptions()
         if model_cache_bytes is None:
             model_cache_bytes = default_budget(self.device, MODEL_CACHE_FRACTION)
         if auxiliary_cache_bytes is None:
             auxiliary_cache_bytes = default_budget(self.device, AUXILIARY_CACHE_FRACTION)
-        self.cache: ModelCache[ModelSpec | AnimatedKey] = ModelCache(model_cache_bytes, max_loaded_models, name="model")
+        if host_cache_bytes is None:
+            host_cache_bytes = int(host_memory() * HOST_CACHE_FRACTION) if self.device.type == "cuda" else 0
+        self.cache: ModelCache[ModelSpec | AnimatedKey] = ModelCache(
+            model_cache_bytes,
+            max_loaded_models,
+            name="model",
+            host=HostTier(host_cache_bytes, self._to_host, self._to_device),
+        )
         # ControlNets, annotators and upscalers, apart so that loading one never evicts a checkpoint.
         self.auxiliaries: ModelCache[tuple[str, ModelSpec | AuxiliarySpec]] = ModelCache(
             auxiliary_cache_bytes, name="auxiliary"
@@ -337,6 +362,8 @@ class LocalEngine(EngineClient):
         self._video_vae_tiling = video_vae_tiling
         self._shutdown_grace_s = shutdown_grace_s
         self._max_prompt_chunks = max_prompt_chunks
+        # Model files registered by URL are loaded from this node's copies.
+        self.model_files = model_files or ModelFiles(cache_dir / "model-files", 200 * 1024**3)
         self._worker: _Worker | None = None
 
     async def start(self) -> None:
@@ -384,6 +411,10 @@ class LocalEngine(EngineClient):
             auxiliary_resident=tuple(ResidentModel(label(key), size) for key, size in self.auxiliaries.resident()),
             auxiliary_budget_bytes=self.auxiliaries.budget_bytes,
             auxiliary_used_bytes=self.auxiliaries.used_bytes(),
+            host_resident=tuple(ResidentModel(label(key), size) for key, size in self.cache.host_resident()),
+            host_budget_bytes=self.cache.host.budget_bytes if self.cache.host is not None else 0,
+            host_used_bytes=self.cache.host_used_bytes(),
+            device_peak_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
         )
 
     async def health(self) -> EngineStatus:
@@ -470,13 +501,24 @@ class LocalEngine(EngineClient):
 
     def pipeline(self, spec: ModelSpec) -> LoadedPipeline:
         def load() -> LoadedPipeline:
-            pipe = load_text_to_image(spec, self.device, self.dtype, self._cache_dir)
+            pipe = load_text_to_image(self._on_disk(spec), self.device, self.dtype, self._cache_dir)
+            prepare(pipe, self.execution, self.device)
             return LoadedPipeline(
                 pipe, Schedulers(pipe.scheduler.config), LoraState(self._max_loras, self._max_lora_bytes)
             )
 
         with stage(f"loading model {spec.id} (version {spec.version})"):
-            return self.cache.get(spec, load, estimate_bytes(spec.path))
+            return self.cache.get(spec, load, self._estimate(spec))
+
+    def _on_disk(self, spec: ModelSpec) -> ModelSpec:
+        """`spec` with a local path: a URL's file is fetched to this node's copies (once). The
+        caches stay keyed by the catalog's spec, so a resident model is never fetched."""
+        if not is_url(spec.path):
+            return spec
+        return replace(spec, path=str(self.model_files.local(spec.path, spec.sha256)))
+
+    def _estimate(self, spec: ModelSpec) -> int:
+        return estimate_bytes(self.model_files.peek(spec.path, spec.sha256) or spec.path)
 
     def check_prompts(self, loaded: LoadedPipeline, prompt: str, negative_prompt: str) -> None:
         check_prompt_length(loaded.pipe.tokenizer, prompt, negative_prompt, self._max_prompt_chunks)
@@ -484,13 +526,38 @@ class LocalEngine(EngineClient):
     def loras(self, loaded: LoadedPipeline, loras: tuple[LoraSpec, ...]) -> None:
         names = ", ".join(f"{spec.id} (version {spec.version})" for spec in loras)
         with stage(f"loading LoRA {names}" if loras else "removing LoRAs"):
+            before = loaded.loras.fused
             activate_loras(loaded.pipe, loaded.loras, loras)
+            if loaded.loras.fused != before:
+                refresh_fused_projections(loaded.pipe.unet)
+
+    def _to_host(self, value: object) -> bool:
+        """Move a pipeline evicted from the device to host memory (pinned on CUDA), with the base
+        weights its LoRA state keeps; other kinds of entries are dropped."""
+        if not isinstance(value, LoadedPipeline) or self.device.type == "cpu":
+            # On a CPU the device tier is host memory already: keeping the entry is all it takes.
+            return isinstance(value, LoadedPipeline)
+        self._move(value, torch.device("cpu"), pin=self.device.type == "cuda")
+        return True
+
+    def _to_device(self, value: object) -> None:
+        if isinstance(value, LoadedPipeline) and self.device.type != "cpu":
+            self._move(value, self.device, pin=False)
+
+    @staticmethod
+    def _move(loaded: LoadedPipeline, device: torch.device, pin: bool) -> None:
+        modules = [module for module in loaded.pipe.components.values() if isinstance(module, torch.nn.Module)]
+        move_modules(modules, device, pin)
+        for layer, weight in loaded.loras.originals.items():
+            loaded.loras.originals[layer] = moved(weight, device, pin)
 
     def upscaler(self, spec: ModelSpec) -> Upscaler:
         # With the ControlNets and annotators: small models that must not evict a checkpoint.
         with stage(f"loading upscaler {spec.id} (version {spec.version})"):
             return self.auxiliaries.get(
-                ("upscaler", spec), lambda: load_upscaler(spec, self.device, self.dtype), estimate_bytes(spec.path)
+                ("upscaler", spec),
+                lambda: load_upscaler(self._on_disk(spec), self.device, self.dtype),
+                self._estimate(spec),
             )
 
     def controlnet(self, spec: AuxiliarySpec) -> ControlNetModel:
@@ -543,7 +610,8 @@ class LocalEngine(EngineClient):
 
         def build() -> AnimateDiffPipeline:
             remove_loras(base.pipe, base.loras)
-            return video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype))
+            with unfused(base.pipe.unet):
+                return video.animatediff_pipeline(base.pipe, video.load_motion_adapter(adapter, self.dtype))
 
         with stage(f"loading motion adapter {adapter.id} (version {adapter.version})"):
             # The new part is a copy of the UNet with the motion modules: about the adapter's files

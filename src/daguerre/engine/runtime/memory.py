@@ -10,8 +10,9 @@ data pointer, so they count once.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,34 @@ def device_memory(device: torch.device) -> int:
     shares it)."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host_memory()
 
 
 def default_budget(device: torch.device, fraction: float) -> int:
     return int(device_memory(device) * fraction)
+
+
+def host_memory() -> int:
+    """System RAM, where the host tier of the model cache keeps what the device tier evicts."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def moved(tensor: torch.Tensor, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """`tensor` on `device`; to page-locked host memory when `pin` (then the copy back to a GPU
+    runs at full PCIe speed and without blocking the host). Memory format is kept."""
+    if pin:
+        target = torch.empty_like(tensor, device="cpu", pin_memory=True)
+        target.copy_(tensor)
+        return target
+    return tensor.to(device, non_blocking=True)
+
+
+def move_modules(modules: Iterable[torch.nn.Module], device: torch.device, pin: bool = False) -> None:
+    """Move every parameter and buffer of `modules` to `device` in place: the same Parameter
+    objects get new storage, so whatever holds them (pipelines, compiled graphs, peft wrappers)
+    keeps pointing at them."""
+    for module in modules:
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            tensor.data = moved(tensor.data, device, pin)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
