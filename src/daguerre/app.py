@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,31 +29,30 @@ from daguerre.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def default_engine(settings: Settings) -> EngineClient:
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """LocalEngine's keyword arguments from the settings: this process's engine, or each Ray
+    replica's (which caps max_loaded_models at ray.max_models_per_replica); all picklable."""
     # torch is imported only when an engine is built.
     from daguerre.engine.loading.model_files import ModelFiles
     from daguerre.engine.runtime.execution import ExecutionOptions
-    from daguerre.engine.runtime.local import LocalEngine
 
     execution = settings.execution
-
-    return LocalEngine(
-        cache_dir=settings.cache_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        max_loaded_models=settings.max_loaded_models,
-        max_queue=settings.max_queue,
-        shutdown_grace_s=settings.shutdown_grace_s,
-        max_prompt_chunks=settings.max_prompt_chunks,
-        video_cpu_offload=settings.video.cpu_offload,
-        video_vae_tiling=settings.video.vae_tiling,
-        model_cache_bytes=settings.model_cache.max_bytes,
-        auxiliary_cache_bytes=settings.model_cache.auxiliary_max_bytes,
-        max_loras=settings.model_cache.max_loras,
-        max_lora_bytes=settings.model_cache.max_lora_bytes,
-        model_files=ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options),
-        host_cache_bytes=settings.model_cache.host_max_bytes,
-        execution=ExecutionOptions(
+    return {
+        "cache_dir": settings.cache_dir,
+        "device": settings.device,
+        "dtype": settings.dtype,
+        "max_loaded_models": settings.max_loaded_models,
+        "shutdown_grace_s": settings.shutdown_grace_s,
+        "max_prompt_chunks": settings.max_prompt_chunks,
+        "video_cpu_offload": settings.video.cpu_offload,
+        "video_vae_tiling": settings.video.vae_tiling,
+        "model_cache_bytes": settings.model_cache.max_bytes,
+        "auxiliary_cache_bytes": settings.model_cache.auxiliary_max_bytes,
+        "max_loras": settings.model_cache.max_loras,
+        "max_lora_bytes": settings.model_cache.max_lora_bytes,
+        "model_files": ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options),
+        "host_cache_bytes": settings.model_cache.host_max_bytes,
+        "execution": ExecutionOptions(
             channels_last=execution.channels_last,
             attention=execution.attention,
             fuse_qkv=execution.fuse_qkv,
@@ -61,7 +61,30 @@ def default_engine(settings: Settings) -> EngineClient:
             compile_max_shapes=execution.compile_max_shapes,
             compile_cache_dir=execution.compile_cache_dir or settings.cache_dir / "inductor",
         ),
+    }
+
+
+def default_engine(settings: Settings) -> EngineClient:
+    if settings.engine == "ray":
+        from daguerre.engine.ray.client import RayEngineClient  # Ray is imported only for a fleet
+
+        return RayEngineClient(settings.ray, engine_options(settings), settings.max_queue, settings.shutdown_grace_s)
+    from daguerre.engine.runtime.local import (
+        LocalEngine,  # torch is imported only when an engine is built
     )
+
+    return LocalEngine(max_queue=settings.max_queue, **engine_options(settings))
+
+
+def fleet_application(args: dict[str, str]) -> Any:
+    """The workers' Ray Serve application from the settings (DAGUERRE_* in the environment): an
+    application builder, the import path a KubeRay RayService or `serve deploy` names
+    (`daguerre.app:fleet_application`; see deploy/kuberay/rayservice.yaml). `args` is unused: the
+    settings are the configuration."""
+    from daguerre.engine.ray.client import application
+
+    settings = Settings()
+    return application(settings.ray, engine_options(settings))
 
 
 def create_app(settings: Settings | None = None, engine: EngineClient | None = None) -> FastAPI:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -31,6 +32,11 @@ DataDir = Annotated[
 ]
 
 
+class EngineChoice(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 def _settings(data_dir: Path | None) -> Settings:
     # Passed to the constructor, so the flag outranks DAGUERRE_DATA_DIR and the config file.
     return Settings(data_dir=data_dir) if data_dir is not None else Settings()
@@ -53,6 +59,13 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port")] = None,
     data_dir: DataDir = None,
     demo: Annotated[bool, typer.Option("--demo", help="Install the demo models and print a demo token")] = False,
+    engine: Annotated[
+        EngineChoice | None,
+        typer.Option(help="local (in this process) or ray (GPU workers on a Ray Serve cluster; `ray` settings)"),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="The Ray cluster's head (GCS), host:port, with --engine ray")
+    ] = None,
 ) -> None:
     """Start the HTTP server."""
     from daguerre.quiet import quiet_third_party
@@ -63,6 +76,9 @@ def serve(
 
     settings = _settings(data_dir)
     settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
+    if engine is not None or ray_address is not None:
+        ray = settings.ray.model_copy(update={"address": ray_address or settings.ray.address})
+        settings = settings.model_copy(update={"engine": engine.value if engine else settings.engine, "ray": ray})
     token = None
     if demo:
         database = _database(settings)

@@ -15,6 +15,7 @@ thirty lines; a logging library would add a dependency for no behaviour we need.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -96,6 +97,13 @@ _cache_used = Gauge("daguerre_model_cache_used_bytes", "Bytes of the models resi
 _cache_budget = Gauge("daguerre_model_cache_budget_bytes", "Byte budget of a cache", ["cache"])
 _cache_entries = Gauge("daguerre_model_cache_entries", "Models resident in a cache", ["cache"])
 # In credits, the unit clients see; the ledger's integer millicredits are divided by 1000.
+# The Ray Serve engine's workers (engine/ray): each replica's own count of checkpoint loads, as it
+# last reported to this gateway with a job's events.
+_replica_model_loads = Gauge(
+    "daguerre_replica_model_loads",
+    "Checkpoints a Ray Serve replica has loaded since it started, as it last reported",
+    ["replica"],
+)
 _credits_charged = Counter("daguerre_credits_charged_total", "Credits charged for accepted jobs")
 _credits_refunded = Counter("daguerre_credits_refunded_total", "Credits given back for failed or cancelled jobs")
 
@@ -168,6 +176,15 @@ def cache_residency(cache: str, used_bytes: int, budget_bytes: int, entries: int
     _cache_used.labels(cache=cache).set(used_bytes)
     _cache_budget.labels(cache=cache).set(budget_bytes)
     _cache_entries.labels(cache=cache).set(entries)
+
+
+def replica_model_loads(replica: str, loads: int) -> None:
+    _replica_model_loads.labels(replica=replica).set(loads)
+
+
+def forget_replica(replica: str) -> None:
+    with contextlib.suppress(KeyError):
+        _replica_model_loads.remove(replica)
 
 
 # Logs

@@ -34,6 +34,11 @@ def quiet_third_party() -> None:
         category=UserWarning,
         module=r"controlnet_aux\.",
     )
+    # Ray Serve's config models (imported by a gateway with engine = "ray") pass an extra keyword
+    # (update_type) to pydantic's Field, which pydantic 2 deprecates; Ray's to fix, and harmless.
+    warnings.filterwarnings(
+        "ignore", message=r"Using extra keyword arguments on `Field` is deprecated", category=DeprecationWarning
+    )
     # The per-file progress bars of diffusers ("Loading pipeline components..."), transformers
     # ("Loading weights", "Writing model shards") and huggingface_hub, on every model build and
     # load: bars over tiny local files, drawn over the server's own lines. tqdm reads its defaults

@@ -157,6 +157,53 @@ class MetricsSettings(BaseModel):
     )
 
 
+class RaySettings(BaseModel):
+    """The engine on a Ray Serve cluster (`engine = "ray"`); see the README ("Run a fleet") and
+    docs/fleet.md for what to set.
+
+    The gateway deploys the workers when the cluster has no application `app_name` yet, with
+    these values and the engine settings of its own (device, dtype, model_cache, video); a
+    gateway that finds it running attaches to it as it is.
+    """
+
+    address: str = Field("auto", description="the Ray cluster: host:port of its head (GCS), or auto")
+    namespace: str = Field("daguerre", description="the Ray namespace the gateway's driver joins")
+    app_name: str = Field("daguerre", description="the Ray Serve application of the workers")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per replica (fractions share a GPU)")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
+    max_models_per_replica: int = Field(
+        3, ge=1, description="checkpoints a replica keeps loaded, least recently used evicted first"
+    )
+    min_replicas: int = Field(1, ge=0, description="autoscaling floor; equal to max_replicas for a fixed count")
+    max_replicas: int = Field(1, ge=1, description="autoscaling ceiling")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="autoscaling target: jobs running or queued per replica"
+    )
+    max_ongoing_requests: int = Field(
+        8, ge=1, description="jobs one replica accepts at once (running or in its queue); the rest wait in the router"
+    )
+    router: Literal["affinity", "serve", "round_robin"] = Field(
+        "affinity",
+        description="affinity: a job goes only to replicas holding its model while they have room (see "
+        "affinity_wait_s); serve: Ray Serve's multiplexed routing (a preference); round_robin: ignore models",
+    )
+    affinity_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="how long a job waits for room at the replicas holding its model before another replica "
+        "may load it",
+    )
+    retries_on_replica_loss: int = Field(
+        1, ge=0, description="times a job runs again when the replica running it dies (the same seeds, same result)"
+    )
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> RaySettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be at most max_replicas ({self.max_replicas})")
+        return self
+
+
 class GatewaySettings(BaseModel):
     """Several gateways on one database (README "Several gateways, Postgres and S3"): each job is
     claimed by one gateway, whose heartbeat renews the claim; another takes the jobs of a gateway
@@ -206,6 +253,10 @@ class Settings(BaseSettings):
         False, description="answer errors with 4xx/5xx; the hosted API, and its clients, use 200"
     )
 
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: the engine in this process; ray: GPU workers on a Ray Serve cluster (`ray`)"
+    )
+    ray: RaySettings = Field(default_factory=RaySettings)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_loaded_models: int | None = Field(

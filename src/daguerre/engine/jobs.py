@@ -170,6 +170,21 @@ class EngineStatus:
     host_budget_bytes: int = 0
     host_used_bytes: int = 0
     device_peak_bytes: int | None = None  # most device memory the engine's tensors held at once (CUDA)
+    replicas: tuple[ReplicaStatus, ...] = ()  # a Ray Serve engine's workers (engine/ray)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One worker of the Ray Serve engine, as it last reported to this gateway (engine/ray)."""
+
+    replica: str  # Serve's replica id
+    actor_name: str  # its actor, in Ray's "serve" namespace
+    device: str
+    dtype: str
+    queued: int  # jobs running or waiting there
+    model_loads: int  # checkpoints it has loaded since it started
+    loaded_models: tuple[str, ...]  # id@version, least recently used first
+    reported_at: float  # the replica's clock (time.time()) when it reported
 
 
 # What a job tells its submitter, in order: Queued (on admission, then whenever its place
@@ -208,6 +223,16 @@ class Failed:
 @dataclass(frozen=True)
 class Cancelled:
     reason: str
+
+
+# The engines' own reasons and status (the in-process one and the Ray Serve client say the same).
+CANCELLED = "cancelled"
+SHUTTING_DOWN = "the server is shutting down and this request did not start; its credits were refunded"
+STOPPED = (
+    "the server is shutting down and this job did not finish within the grace period "
+    "(setting shutdown_grace_s); its credits were refunded"
+)
+BUSY = 503  # the HTTP status of a job failed by the shutdown
 
 
 # Called by the worker after each denoising step or upscaled tile: (steps done, steps in the stage).

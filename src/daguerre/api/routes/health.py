@@ -10,7 +10,7 @@ router = APIRouter()
 @router.get("/health", summary="Liveness and engine status")
 async def health(request: Request) -> dict[str, object]:
     status = await services(request).engine.health()
-    return {
+    body: dict[str, object] = {
         "status": "ok",
         "device": status.device,
         "dtype": status.dtype,
@@ -36,3 +36,15 @@ async def health(request: Request) -> dict[str, object]:
             },
         },
     }
+    if status.replicas:  # the Ray Serve engine: each worker as it last reported
+        body["replicas"] = [
+            {
+                "replica": replica.replica,
+                "device": replica.device,
+                "queued": replica.queued,
+                "model_loads": replica.model_loads,
+                "loaded_models": list(replica.loaded_models),
+            }
+            for replica in status.replicas
+        ]
+    return body

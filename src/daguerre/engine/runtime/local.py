@@ -42,6 +42,10 @@ from daguerre import metrics
 from daguerre.engine.client import EngineClient, JobHandle
 from daguerre.engine.diffusers_classes import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
 from daguerre.engine.jobs import (
+    BUSY,
+    CANCELLED,
+    SHUTTING_DOWN,
+    STOPPED,
     AuxiliarySpec,
     Cancelled,
     ControlNetJob,
@@ -140,17 +144,6 @@ class AnimatedKey:
     @property
     def version(self) -> str:
         return f"{self.base.version}+{self.adapter.version}"
-
-
-SHUTTING_DOWN = "the server is shutting down and this request did not start; its credits were refunded"
-STOPPED = (
-    "the server is shutting down and this job did not finish within the grace period "
-    "(setting shutdown_grace_s); its credits were refunded"
-)
-
-
-CANCELLED = "cancelled"
-BUSY = 503  # the HTTP status of a job failed by the shutdown
 
 
 @dataclass(eq=False)
