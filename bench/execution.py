@@ -23,7 +23,7 @@ from PIL import Image
 
 from daguerre.demo.tiny_models import build_tiny_sd15
 from daguerre.engine.jobs import ImagesResult, ModelSpec, TextToImageJob
-from daguerre.engine.runtime.execution import ExecutionOptions
+from daguerre.engine.options import ExecutionOptions
 from daguerre.engine.runtime.local import LocalEngine
 
 

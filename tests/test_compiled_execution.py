@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from daguerre.engine.jobs import LoraSpec, ModelSpec, TextToImageJob
-from daguerre.engine.runtime.execution import ExecutionOptions, prepare
+from daguerre.engine.options import ExecutionOptions
+from daguerre.engine.runtime.execution import prepare
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.settings import ExecutionSettings
 

@@ -34,7 +34,7 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     replica's (which caps max_loaded_models at ray.max_models_per_replica); all picklable."""
     # torch is imported only when an engine is built.
     from daguerre.engine.loading.model_files import ModelFiles
-    from daguerre.engine.runtime.execution import ExecutionOptions
+    from daguerre.engine.options import ExecutionOptions
 
     execution = settings.execution
     return {

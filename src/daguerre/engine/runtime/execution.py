@@ -30,40 +30,21 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from daguerre.engine.diffusers_classes import DiffusionPipeline
+from daguerre.engine.options import ExecutionOptions
 
 log = logging.getLogger(__name__)
-
-AttentionKind = Literal["sdpa", "classic"]
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-
-
-@dataclass(frozen=True)
-class ExecutionOptions:
-    channels_last: bool | None = None  # None: on CUDA only
-    attention: AttentionKind = "sdpa"
-    fuse_qkv: bool = False
-    compile: bool = False
-    compile_mode: CompileMode = "default"
-    compile_max_shapes: int = 16
-    compile_cache_dir: Path | None = None
-
-    def uses_channels_last(self, device: torch.device) -> bool:
-        return device.type == "cuda" if self.channels_last is None else self.channels_last
 
 
 def prepare(pipe: DiffusionPipeline, options: ExecutionOptions, device: torch.device) -> None:
     """Apply `options` to a freshly loaded SD pipeline (it has `unet` and `vae`), in place."""
     unet, vae = pipe.unet, pipe.vae
-    if options.uses_channels_last(device):
+    if options.uses_channels_last(device.type):
         unet.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
     if options.attention == "classic":

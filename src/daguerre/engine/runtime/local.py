@@ -80,6 +80,7 @@ from daguerre.engine.loading.lora import (
     remove_loras,
 )
 from daguerre.engine.loading.model_files import ModelFiles, is_url
+from daguerre.engine.options import ExecutionOptions
 from daguerre.engine.pipelines import video
 from daguerre.engine.pipelines.annotators import Annotator, canny, load_annotator
 from daguerre.engine.pipelines.controlnet import controlnet_images
@@ -91,7 +92,7 @@ from daguerre.engine.pipelines.upscaling import Upscaler, load_upscaler, upscale
 from daguerre.engine.pipelines.video_encoding import encode_mp4
 from daguerre.engine.prompts.encoding import check_prompt_length
 from daguerre.engine.runtime.devices import pick_device, pick_dtype
-from daguerre.engine.runtime.execution import ExecutionOptions, prepare, refresh_fused_projections, unfused
+from daguerre.engine.runtime.execution import prepare, refresh_fused_projections, unfused
 from daguerre.engine.runtime.failures import JobCancelled, new_error_id, stage
 from daguerre.engine.runtime.memory import (
     default_budget,
