@@ -45,6 +45,8 @@ def default_engine(settings: Settings) -> EngineClient:
         auxiliary_cache_bytes=settings.model_cache.auxiliary_max_bytes,
         max_loras=settings.model_cache.max_loras,
         max_lora_bytes=settings.model_cache.max_lora_bytes,
+        max_batch_size=settings.engine.max_batch_size,
+        batch_window_s=settings.engine.batch_window_ms / 1000,
     )
 
 

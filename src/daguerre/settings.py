@@ -109,6 +109,22 @@ class ModelCacheSettings(BaseModel):
     max_lora_bytes: int = Field(1024**3, ge=1, description="bytes of LoRA adapters kept loaded in one pipeline")
 
 
+class EngineSettings(BaseModel):
+    """How the in-process engine runs jobs; see the README ("Batching" in "How it is built")."""
+
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        description="images in one forward pass: waiting jobs that can share it run together; 1 turns batching off",
+    )
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="how long a batch that is not full waits for more jobs; 0 takes only those already waiting",
+    )
+
+
 class MetricsSettings(BaseModel):
     """GET /metrics (Prometheus) and the request counting behind it; see the README ("Metrics and logs")."""
 
@@ -180,6 +196,7 @@ class Settings(BaseSettings):
     video: VideoSettings = Field(default_factory=VideoSettings)
     remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
     model_cache: ModelCacheSettings = Field(default_factory=ModelCacheSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_format: Literal["text", "json"] = Field(
         "text", description="serve's log lines: uvicorn's text, or one JSON object per line (with the job's inf_id)"
