@@ -47,6 +47,7 @@ def default_engine(settings: Settings) -> EngineClient:
         max_lora_bytes=settings.model_cache.max_lora_bytes,
         max_batch_size=settings.engine.max_batch_size,
         batch_window_s=settings.engine.batch_window_ms / 1000,
+        cpu_threads=settings.engine.cpu_threads,
     )
 
 

@@ -123,6 +123,13 @@ class EngineSettings(BaseModel):
         le=1000,
         description="how long a batch that is not full waits for more jobs; 0 takes only those already waiting",
     )
+    cpu_threads: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="threads that encode finished images and prepare waiting jobs while the device denoises; "
+        "0 does that work on the engine's worker, between batches",
+    )
 
 
 class MetricsSettings(BaseModel):

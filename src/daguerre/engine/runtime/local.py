@@ -107,8 +107,11 @@ log = logging.getLogger(__name__)
 MODEL_CACHE_FRACTION = 0.6
 AUXILIARY_CACHE_FRACTION = 0.1
 
-# Images one forward pass may carry (setting engine.max_batch_size); measured by bench/batching.py.
+# Images one forward pass may carry (setting engine.max_batch_size), and the threads of the CPU
+# pool that encodes results and prepares waiting jobs (engine.cpu_threads): two keep up with a
+# batch and leave the CPU to the worker. Both measured by bench/batching.py.
 DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_CPU_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,7 @@ class _Worker:
     def prepare_ahead(self, entries: list[_Entry]) -> None:
         """Start the CPU work of waiting jobs that will run on the pipeline and LoRAs of the
         running batch (the only state their prompt encoding can be sure of) on the CPU pool."""
-        if not self.running or self.engine.max_batch_size <= 1:
+        if not self.running or self.engine.cpu is None:
             return
         running = self.running[0].job
         if batch_key(running) is None or not isinstance(running, TextToImageJob):
@@ -474,6 +477,9 @@ class _Worker:
             with self.wakeup:
                 self.end(entry, Cancelled(CANCELLED) if entry.cancelled else final)
 
+        if self.engine.cpu is None:
+            encode()
+            return
         with self.wakeup:
             future = self.engine.cpu.submit(encode)
             self.delivering.add(future)
@@ -502,6 +508,7 @@ class LocalEngine(EngineClient):
         max_prompt_chunks: int = 40,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_window_s: float = 0.0,
+        cpu_threads: int = DEFAULT_CPU_THREADS,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -528,9 +535,8 @@ class LocalEngine(EngineClient):
         # the CPU pool while it reads them.
         self.components = threading.RLock()
         # Off the device's path: PNG encoding of finished jobs, prompt encoding and upload decoding of
-        # the next ones. Two threads: enough to keep up with a batch, few enough to leave the CPU to
-        # the worker.
-        self.cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="daguerre-cpu")
+        # the next ones. None (cpu_threads 0): all of it on the worker, between batches.
+        self.cpu = ThreadPoolExecutor(cpu_threads, thread_name_prefix="daguerre-cpu") if cpu_threads else None
         self._worker: _Worker | None = None
 
     async def start(self) -> None:
