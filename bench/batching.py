@@ -100,7 +100,7 @@ def main() -> None:
                     "height": args.size,
                     "steps": args.steps,
                     "num_images": 1,
-                    "seed": 1000 * round_ + 10 * index + request,
+                    "seed": 1000 * (round_ + 1) + 10 * index + request,
                     "use_default_neg": "false",
                     "scheduler": "DPMSolverMultistep",
                 }
