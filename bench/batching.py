@@ -4,10 +4,11 @@ and off, side by side in one run (demo model; target: on/off at least 1.5 on a C
 Each client has its own token and sends its requests one after another (num_images 1, a prompt
 and seed of its own); the clients run at once. The server is this process's app on a live
 uvicorn, its engine switched between arms: `max_batch_size` (1: batching off), and the CPU pool
-(`cpu_threads` 0: PNG encoding and prompt encoding on the worker between jobs, not overlapped).
+(`cpu_threads` 0: PNG encoding and prompt encoding on the worker between jobs, not overlapped),
+and with --window-ms an arm whose batches wait that long for mates.
 Arms are interleaved round by round, so machine load falls on all alike; medians are printed.
     python bench/batching.py [--clients 8] [--requests 3] [--rounds 3] [--size 128] [--steps 10]
-                             [--batch-sizes 1,8] [--window-ms 0] [--no-overlap-arm]
+                             [--batch-sizes 1,8] [--window-ms MS] [--no-overlap-arm]
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Arm:
     name: str
     max_batch_size: int
     cpu_threads: int
+    window_ms: float = 0.0
 
 
 def main() -> None:
@@ -58,7 +60,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-sizes", default="1,8", help="max_batch_size of each batching arm; 1 is off")
-    parser.add_argument("--window-ms", type=float, default=0.0, help="engine.batch_window_ms")
+    parser.add_argument(
+        "--window-ms", type=float, default=0.0, help="adds an arm: the largest batch size, this engine.batch_window_ms"
+    )
     parser.add_argument("--no-overlap-arm", action="store_true", help="skip the arm without the CPU pool")
     args = parser.parse_args()
 
@@ -68,7 +72,7 @@ def main() -> None:
     install_demo_model(settings, database.catalog)
     tokens = [database.accounts.create_token(credits=100_000)[0] for _ in range(args.clients)]
 
-    engine = LocalEngine(cache_dir=settings.cache_dir, device=settings.device, batch_window_s=args.window_ms / 1000)
+    engine = LocalEngine(cache_dir=settings.cache_dir, device=settings.device)
     port = free_port()
     app = create_app(settings, engine=engine)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -80,6 +84,10 @@ def main() -> None:
         Arm(f"batching {'off' if size == 1 else f'on (max {size})'}", size, DEFAULT_CPU_THREADS)
         for size in (int(part) for part in args.batch_sizes.split(","))
     ]
+    if args.window_ms:
+        largest = max(arm.max_batch_size for arm in arms)
+        name = f"on (max {largest}), {args.window_ms:g} ms window"
+        arms.append(Arm(name, largest, DEFAULT_CPU_THREADS, args.window_ms))
     if not args.no_overlap_arm:
         arms.append(Arm("batching off, no CPU pool", 1, 0))
     pool = engine.cpu
@@ -87,6 +95,7 @@ def main() -> None:
     def configure(arm: Arm) -> None:
         engine.max_batch_size = arm.max_batch_size
         engine.cpu = pool if arm.cpu_threads else None
+        engine.batch_window_s = arm.window_ms / 1000
 
     def client(index: int, round_: int, latencies: list[float]) -> int:
         images = 0
@@ -134,7 +143,7 @@ def main() -> None:
     print(
         f"device: {engine.device}, torch threads: {torch.get_num_threads()}, clients: {args.clients} x "
         f"{args.requests} requests, rounds: {args.rounds}, {args.size}x{args.size}, {args.steps} steps, "
-        f"batch window {args.window_ms:g} ms, load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
+        f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
     for arm in arms:
         print(
