@@ -397,7 +397,7 @@ class _Worker:
             try:
                 with engine.components:
                     result = engine.run(head.job, self._progress(batch))
-            except BaseException as exc:
+            except Exception as exc:
                 self.end_all(batch, exc)
                 return
             with self.wakeup:
