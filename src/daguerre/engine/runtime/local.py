@@ -6,15 +6,22 @@ once with ServerBusy instead of waiting without bound.
 
 Fairness: the next job is the oldest waiting job of the owner (token) served least recently, so
 owners take turns: a token with a hundred jobs queued delays another token's single job by at most
-the job that is running and none of its waiting ones (round-robin between owners that all have
+the batch that is running and none of its waiting jobs (round-robin between owners that all have
 work; FIFO within one owner).
+
+Batching: the next job takes with it, up to `max_batch_size` images, the waiting jobs that can
+share its forward pass (pipelines/batching.py's batch key), picked by the same fair rule; they run
+as one pass, each job with its own events, cancel and failure (see _Worker._run). A small CPU pool
+encodes a finished batch's PNGs and prepares waiting jobs (prompts, uploads) while the device
+denoises.
 
 Events: the worker reports to each job's handle with `loop.call_soon_threadsafe`, in order:
 Queued(position) on admission and whenever the position changes, Started, Progress per step or
 tile, and one final event. Cancelling a waiting job removes it; a running one stops at its next
-step (the progress callback raises JobCancelled on the worker thread).
+step (the progress callback raises JobCancelled on the worker thread), or, in a batch with others
+still running, ends there while they go on.
 
-Closing (a SIGTERM, see cli.py) fails the waiting jobs at once, gives the running one
+Closing (a SIGTERM, see cli.py) fails the waiting jobs at once, gives the running batch
 `shutdown_grace_s` to finish, then fails it and stops it at its next step. The worker is a daemon
 thread, so a job that runs on past the grace period cannot keep the process alive
 (ThreadPoolExecutor's threads are joined at interpreter exit).
@@ -391,6 +398,9 @@ class _Worker:
             futures.wait(delivering)
 
     def _run(self, batch: list[_Entry]) -> None:
+        """Run a batch, ending each job by itself: what the batch shares (its model and LoRAs)
+        fails them all; a job's own preparation, images and encoding fail only it; a failed pass
+        runs each job again alone. A job alone that cannot batch runs as it always did."""
         engine = self.engine
         head = batch[0]
         if len(batch) == 1 and batch_key(head.job) is None:
