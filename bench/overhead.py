@@ -2,13 +2,16 @@
 pipeline, same model and parameters (demo model, 128x128, 10 steps, one image). Prints both
 medians and their ratio (target: at most 1.05).
 
-The two are interleaved in one run so machine load affects both alike.
+The two are interleaved in one run so machine load affects both alike. Each call's process CPU
+time (every thread: the server's, the engine's, the pipeline's) is printed too: on a shared
+machine wall time swings with other work by more than the overhead measured, CPU time much less.
     python bench/overhead.py [--rounds 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import tempfile
@@ -78,10 +81,10 @@ def main() -> None:
     }
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
 
-    def via_server() -> float:
-        start = time.perf_counter()
+    def via_server() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         body = client.post("/api/inference", data=form).json()
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start, time.process_time() - cpu
         assert body["error_code"] == 0, body
         return elapsed
 
@@ -89,8 +92,8 @@ def main() -> None:
     # thread pool per calling thread, and the comparison should not hinge on which thread it is.
     worker = ThreadPoolExecutor(max_workers=1)
 
-    def direct() -> float:
-        start = time.perf_counter()
+    def direct() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         worker.submit(
             pipe,
             PROMPT,
@@ -100,8 +103,9 @@ def main() -> None:
             guidance_scale=SCALE,
             generator=torch.Generator("cpu").manual_seed(1),
         ).result()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
+    load_before = os.getloadavg()[0]
     for _ in range(3):  # warm-up: model load, allocator, first HTTP connection
         via_server()
         direct()
@@ -111,14 +115,19 @@ def main() -> None:
         direct_times.append(direct())
     server.should_exit = True
 
-    server_median, direct_median = statistics.median(server_times), statistics.median(direct_times)
+    def median(times: list[tuple[float, float]], index: int) -> float:
+        return statistics.median(pair[index] for pair in times)
+
+    server_median, direct_median = median(server_times, 0), median(direct_times, 0)
     print(
         f"device: {engine_device} ({torch.cuda.get_device_name() if engine_device == 'cuda' else 'CPU'}), "
-        f"torch threads: {torch.get_num_threads()}, rounds: {args.rounds}"
+        f"torch threads: {torch.get_num_threads()}, rounds: {args.rounds}, "
+        f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
-    print(f"direct pipeline call   median {direct_median * 1000:8.1f} ms")
-    print(f"/api/inference (HTTP)  median {server_median * 1000:8.1f} ms")
+    print(f"direct pipeline call   median {direct_median * 1000:8.1f} ms, CPU {median(direct_times, 1) * 1000:6.1f} ms")
+    print(f"/api/inference (HTTP)  median {server_median * 1000:8.1f} ms, CPU {median(server_times, 1) * 1000:6.1f} ms")
     print(f"ratio server/direct: {server_median / direct_median:.3f}  (target <= 1.05)")
+    print(f"CPU time ratio server/direct: {median(server_times, 1) / median(direct_times, 1):.3f}")
 
 
 if __name__ == "__main__":

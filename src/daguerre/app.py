@@ -52,6 +52,9 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "max_lora_bytes": settings.model_cache.max_lora_bytes,
         "model_files": ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options),
         "host_cache_bytes": settings.model_cache.host_max_bytes,
+        "max_batch_size": settings.worker.max_batch_size,
+        "batch_window_s": settings.worker.batch_window_ms / 1000,
+        "cpu_threads": settings.worker.cpu_threads,
         "execution": ExecutionOptions(
             channels_last=execution.channels_last,
             attention=execution.attention,

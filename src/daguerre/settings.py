@@ -148,6 +148,30 @@ class ExecutionSettings(BaseModel):
         return self
 
 
+class WorkerSettings(BaseModel):
+    """How the in-process engine's worker runs jobs (on a fleet, each replica's); see the README
+    ("Batching" in "How it is built")."""
+
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        description="images in one forward pass: waiting jobs that can share it run together; 1 turns batching off",
+    )
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="how long a batch that is not full waits for more jobs; 0 takes only those already waiting",
+    )
+    cpu_threads: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="threads that encode finished images and prepare waiting jobs while the device denoises; "
+        "0 does that work on the engine's worker, between batches",
+    )
+
+
 class MetricsSettings(BaseModel):
     """GET /metrics (Prometheus) and the request counting behind it; see the README ("Metrics and logs")."""
 
@@ -304,6 +328,7 @@ class Settings(BaseSettings):
     video: VideoSettings = Field(default_factory=VideoSettings)
     remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
     model_cache: ModelCacheSettings = Field(default_factory=ModelCacheSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     log_format: Literal["text", "json"] = Field(

@@ -8,33 +8,51 @@ image is noised to that point and denoised from there. The two ends are pinned d
 - strength 1 ignores the base image and equals text-to-image with the same seed, byte for byte.
   (diffusers would still start from the image noised to the last timestep, which keeps a faint
   trace of it, sqrt(alpha_bar_T) ~ 0.07 for SD 1.5; "transform fully" should not depend on it.)
+
+engine/pipelines/batching.py routes the two ends: `unchanged` jobs never reach a pipeline, and
+strength 1 runs (and batches) as text-to-image.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image
 
 from daguerre.engine.diffusers_classes import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from daguerre.engine.jobs import ImageToImageJob, ReportProgress
-from daguerre.engine.pipelines.sampling import derive, sample
+from daguerre.engine.pipelines.sampling import Conditioning, derive, sample_batch
 from daguerre.engine.pipelines.schedulers import Schedulers
-from daguerre.engine.pipelines.text_to_image import text_to_image
-from daguerre.imaging import encode_png
+
+
+def unchanged(job: ImageToImageJob) -> bool:
+    """No denoising step would run: the base image is the answer."""
+    return int(job.steps * job.strength) == 0
+
+
+def decode_init_image(job: ImageToImageJob) -> Image.Image:
+    image = Image.open(io.BytesIO(job.init_image))
+    image.load()
+    return image
 
 
 def image_to_image(
     pipe: StableDiffusionPipeline,
     schedulers: Schedulers,
-    job: ImageToImageJob,
+    jobs: Sequence[ImageToImageJob],
+    conditionings: Sequence[Conditioning],
+    init_images: Sequence[Image.Image],
     progress: ReportProgress | None = None,
-) -> list[bytes]:
-    if int(job.steps * job.strength) == 0:
-        return [job.init_image] * len(job.seeds)
-    if job.strength >= 1:
-        return text_to_image(pipe, schedulers, job, progress)
+) -> list[np.ndarray]:
     img2img = derive(pipe, StableDiffusionImg2ImgPipeline)
-    init_image = Image.open(io.BytesIO(job.init_image))
-    images = sample(img2img, schedulers, job, progress, image=init_image, strength=job.strength)
-    return [encode_png(image) for image in images]
+    return sample_batch(
+        img2img,
+        schedulers,
+        jobs,
+        conditionings,
+        progress,
+        per_image={"image": init_images},
+        strength=jobs[0].strength,
+    )

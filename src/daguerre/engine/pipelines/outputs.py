@@ -13,6 +13,7 @@ from PIL import Image
 
 from daguerre.engine.runtime.failures import new_error_id
 from daguerre.errors import GenerationFailed
+from daguerre.imaging import encode_png
 
 log = logging.getLogger("daguerre.engine")
 
@@ -42,3 +43,8 @@ def to_pil(images: np.ndarray, what: str) -> list[Image.Image]:
     check_finite(images, what)
     converted: list[Image.Image] = VaeImageProcessor.numpy_to_pil(images)
     return converted
+
+
+def encode_pngs(images: np.ndarray, what: str) -> list[bytes]:
+    """A job's images, checked and PNG-encoded; off the device's path, on the engine's CPU pool."""
+    return [encode_png(image) for image in to_pil(images, what)]

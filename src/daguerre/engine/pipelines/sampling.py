@@ -1,9 +1,12 @@
 """What every SD task pipeline shares: building on the loaded components, and sampling with the
-job's scheduler, weighted prompts and seeds."""
+job's scheduler, weighted prompts and seeds, for one job or a batch of jobs that share a forward
+pass (engine/pipelines/batching.py says which can)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -57,6 +60,103 @@ def step_callback(progress: ReportProgress | None) -> StepEnd | None:
     return on_step_end
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """A job's prompt and negative prompt, encoded: (1, 77 x chunks, dim) each, as many chunks in
+    both."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+def condition(pipe: Task, job: TextToImageJob) -> Conditioning:
+    # The text encoder's own device: `pipe.device` walks every module of every component.
+    positive, negative = encode_prompt_pair(
+        job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.text_encoder.device
+    )
+    return Conditioning(positive, negative)
+
+
+def _stack(
+    conditionings: Sequence[Conditioning], counts: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One row per image (image i of a job gets its job's row), and the cross-attention mask when
+    the jobs' prompts have different chunk counts. Shorter prompts are padded with zeros that the
+    mask hides, so each image attends to exactly its own tokens, as it does alone (A1111 pads with
+    encoded empty chunks instead, which changes an image with its batch-mates' prompt lengths)."""
+    longest = max(c.positive.shape[1] for c in conditionings)
+    positives, negatives, masks = [], [], []
+    for conditioning, count in zip(conditionings, counts, strict=True):
+        length = conditioning.positive.shape[1]
+        padding = (0, 0, 0, longest - length)
+        positives.append(torch.nn.functional.pad(conditioning.positive, padding).expand(count, -1, -1))
+        negatives.append(torch.nn.functional.pad(conditioning.negative, padding).expand(count, -1, -1))
+        mask = torch.zeros(count, longest, device=conditioning.positive.device)
+        mask[:, :length] = 1
+        masks.append(mask)
+    uniform = all(c.positive.shape[1] == longest for c in conditionings)
+    return torch.cat(positives), torch.cat(negatives), None if uniform else torch.cat(masks)
+
+
+@contextmanager
+def _cross_attention_mask(unet: torch.nn.Module, mask: torch.Tensor | None) -> Iterator[None]:
+    """Give every UNet call of the pipeline `mask` as its `encoder_attention_mask` (diffusers'
+    SD pipelines have no argument for it). With guidance, the UNet sees the negative and the
+    positive rows stacked: the mask is repeated to match."""
+    if mask is None:
+        yield
+        return
+
+    def add_mask(_module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        rows = kwargs["encoder_hidden_states"].shape[0]
+        kwargs["encoder_attention_mask"] = mask.repeat(rows // mask.shape[0], 1)
+        return args, kwargs
+
+    hook = unet.register_forward_pre_hook(add_mask, with_kwargs=True)
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+def sample_batch(
+    task: Task,
+    schedulers: Schedulers,
+    jobs: Sequence[TextToImageJob],
+    conditionings: Sequence[Conditioning],
+    progress: ReportProgress | None = None,
+    per_image: dict[str, Sequence[Any]] | None = None,
+    **inputs: Any,
+) -> list[np.ndarray]:
+    """Run `task` once for every image of `jobs`, which share the scheduler, steps and guidance
+    of the first; each image has its own generator (its seed) and its job's prompts. `per_image`
+    are inputs given per job (an init image), repeated for each of its images; `inputs` are shared
+    (size, strength, control map). One (images, H, W, 3) float array per job, unchecked."""
+    first = jobs[0]
+    counts = [len(job.seeds) for job in jobs]
+    positive, negative, mask = _stack(conditionings, counts)
+    expanded = {
+        name: [value for value, count in zip(values, counts, strict=True) for _ in range(count)]
+        for name, values in (per_image or {}).items()
+    }
+    task.scheduler = schedulers.get(first.scheduler)
+    with _cross_attention_mask(task.unet, mask):
+        # diffusers' pipeline calls are untyped; with output_type="np" they give an (N, H, W, 3) array.
+        images: np.ndarray = task(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            num_images_per_prompt=1,
+            generator=[generator for job in jobs for generator in seed_generators(job.seeds)],
+            output_type="np",
+            callback_on_step_end=step_callback(progress),
+            **expanded,
+            **inputs,
+        ).images
+    return list(np.split(images, np.cumsum(counts)[:-1]))
+
+
 def sample(
     task: Task,
     schedulers: Schedulers,
@@ -64,23 +164,7 @@ def sample(
     progress: ReportProgress | None = None,
     **inputs: Any,
 ) -> list[Image.Image]:
-    """Run `task` with the job's scheduler, A1111-weighted prompts, guidance, steps and one
-    generator per image; `inputs` are the task's own (size, init image, strength, control map);
-    `progress` hears of each step."""
-    task.scheduler = schedulers.get(job.scheduler)
-    prompt_embeds, negative_embeds = encode_prompt_pair(
-        job.prompt, job.negative_prompt, task.tokenizer, task.text_encoder, task.device
-    )
-    # diffusers' pipeline calls are untyped; with output_type="np" they give an (N, H, W, 3) array.
-    images: np.ndarray = task(
-        prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_embeds,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance_scale,
-        num_images_per_prompt=len(job.seeds),
-        generator=seed_generators(job.seeds),
-        output_type="np",
-        callback_on_step_end=step_callback(progress),
-        **inputs,
-    ).images
+    """Run `task` for one job; `inputs` are the task's own (size, init image, strength, control
+    map); `progress` hears of each step."""
+    (images,) = sample_batch(task, schedulers, [job], [condition(task, job)], progress, **inputs)
     return to_pil(images, "denoising and decoding the image")

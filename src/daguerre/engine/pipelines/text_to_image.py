@@ -1,19 +1,23 @@
-"""Text-to-image on a loaded StableDiffusionPipeline."""
+"""Text-to-image on a loaded StableDiffusionPipeline, for one job or a batch of them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from daguerre.engine.diffusers_classes import StableDiffusionPipeline
 from daguerre.engine.jobs import ReportProgress, TextToImageJob
-from daguerre.engine.pipelines.sampling import sample
+from daguerre.engine.pipelines.sampling import Conditioning, sample_batch
 from daguerre.engine.pipelines.schedulers import Schedulers
-from daguerre.imaging import encode_png
 
 
 def text_to_image(
     pipe: StableDiffusionPipeline,
     schedulers: Schedulers,
-    job: TextToImageJob,
+    jobs: Sequence[TextToImageJob],
+    conditionings: Sequence[Conditioning],
     progress: ReportProgress | None = None,
-) -> list[bytes]:
-    images = sample(pipe, schedulers, job, progress, width=job.width, height=job.height)
-    return [encode_png(image) for image in images]
+) -> list[np.ndarray]:
+    first = jobs[0]
+    return sample_batch(pipe, schedulers, jobs, conditionings, progress, width=first.width, height=first.height)

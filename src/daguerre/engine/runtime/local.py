@@ -6,15 +6,22 @@ once with ServerBusy instead of waiting without bound.
 
 Fairness: the next job is the oldest waiting job of the owner (token) served least recently, so
 owners take turns: a token with a hundred jobs queued delays another token's single job by at most
-the job that is running and none of its waiting ones (round-robin between owners that all have
+the batch that is running and none of its waiting jobs (round-robin between owners that all have
 work; FIFO within one owner).
+
+Batching: the next job takes with it, up to `max_batch_size` images, the waiting jobs that can
+share its forward pass (pipelines/batching.py's batch key), picked by the same fair rule; they run
+as one pass, each job with its own events, cancel and failure (see _Worker._run). A small CPU pool
+encodes a finished batch's PNGs and prepares waiting jobs (prompts, uploads) while the device
+denoises.
 
 Events: the worker reports to each job's handle with `loop.call_soon_threadsafe`, in order:
 Queued(position) on admission and whenever the position changes, Started, Progress per step or
 tile, and one final event. Cancelling a waiting job removes it; a running one stops at its next
-step (the progress callback raises JobCancelled on the worker thread).
+step (the progress callback raises JobCancelled on the worker thread), or, in a batch with others
+still running, ends there while they go on.
 
-Closing (a SIGTERM, see cli.py) fails the waiting jobs at once, gives the running one
+Closing (a SIGTERM, see cli.py) fails the waiting jobs at once, gives the running batch
 `shutdown_grace_s` to finish, then fails it and stops it at its next step. The worker is a daemon
 thread, so a job that runs on past the grace period cannot keep the process alive
 (ThreadPoolExecutor's threads are joined at interpreter exit).
@@ -31,6 +38,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -77,17 +86,20 @@ from daguerre.engine.loading.lora import (
     DEFAULT_MAX_ADAPTERS,
     LoraState,
     activate_loras,
+    adapter_name,
     remove_loras,
 )
 from daguerre.engine.loading.model_files import ModelFiles, is_url
 from daguerre.engine.options import ExecutionOptions
 from daguerre.engine.pipelines import video
 from daguerre.engine.pipelines.annotators import Annotator, canny, load_annotator
+from daguerre.engine.pipelines.batching import Prepared, batch_key, decode_upload, images_of, render
 from daguerre.engine.pipelines.controlnet import controlnet_images
 from daguerre.engine.pipelines.hires_fix import hires_fix
-from daguerre.engine.pipelines.image_to_image import image_to_image
+from daguerre.engine.pipelines.image_to_image import unchanged
+from daguerre.engine.pipelines.outputs import encode_pngs
+from daguerre.engine.pipelines.sampling import condition
 from daguerre.engine.pipelines.schedulers import Schedulers
-from daguerre.engine.pipelines.text_to_image import text_to_image
 from daguerre.engine.pipelines.upscaling import Upscaler, load_upscaler, upscale
 from daguerre.engine.pipelines.video_encoding import encode_mp4
 from daguerre.engine.prompts.encoding import check_prompt_length
@@ -121,6 +133,12 @@ AUXILIARY_CACHE_FRACTION = 0.1
 # RAM to the OS and the page cache. On CPU and MPS the device tier already is system RAM.
 HOST_CACHE_FRACTION = 0.25
 
+# Images one forward pass may carry (setting worker.max_batch_size), and the threads of the CPU
+# pool that encodes results and prepares waiting jobs (worker.cpu_threads): two keep up with a
+# batch and leave the CPU to the worker. Both measured by bench/batching.py.
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_CPU_THREADS = 2
+
 
 @dataclass(frozen=True)
 class LoadedPipeline:
@@ -129,6 +147,16 @@ class LoadedPipeline:
     schedulers: Schedulers
     # The LoRAs loaded into this pipeline; they stay loaded, switched per job.
     loras: LoraState = field(default_factory=LoraState)
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """What the CPU pool prepared for a waiting job: its upload decoded, and its prompts encoded
+    when the pipeline and LoRAs it needs were active (`made_on`: that pipeline and LoRA set)."""
+
+    init_image: Image.Image | None
+    prepared: Prepared | None = None
+    made_on: tuple[object, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,11 +189,28 @@ class _Entry:
     # Set by cancel() or the shutdown deadline; read by the worker at each step.
     cancelled: bool = False
     ended: bool = False
+    # Its prompts encoded and its upload decoded on the CPU pool while an earlier batch denoised.
+    ahead: Future[Ahead] | None = None
 
     def emit(self, event: JobEvent) -> None:
         # A closed loop (the app stopped) has nobody listening any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.handle.push, event)
+
+
+def _push_all(handles: list[JobHandle], event: JobEvent) -> None:
+    for handle in handles:
+        handle.push(event)
+
+
+def _emit_each(entries: list[_Entry], event: JobEvent) -> None:
+    """One wake-up of each event loop for the whole batch, not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[JobHandle]] = {}
+    for entry in entries:
+        by_loop.setdefault(entry.loop, []).append(entry.handle)
+    for loop, handles in by_loop.items():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_push_all, handles, event)
 
 
 class _FairQueue:
@@ -209,6 +254,16 @@ class _FairQueue:
         self.last_served[owner] = next(self._turns)
         return entry
 
+    def take(self, fits: Callable[[_Entry], bool]) -> _Entry | None:
+        """The first waiting job, in the order they would start, that `fits`, served as if it
+        had come to its turn: batch-mates are chosen by the same rule as the next job."""
+        for entry in self.order():
+            if fits(entry):
+                self.remove(entry)
+                self.last_served[entry.owner] = next(self._turns)
+                return entry
+        return None
+
     def order(self) -> list[_Entry]:
         """The waiting jobs in the order they will start, if nothing else arrives."""
         by_owner = {owner: deque(entries) for owner, entries in self.by_owner.items()}
@@ -225,26 +280,39 @@ class _FairQueue:
         return order
 
 
+def _failure(exc: BaseException, job_id: str) -> FinalEvent:
+    if isinstance(exc, JobCancelled):
+        return Cancelled(CANCELLED)
+    if isinstance(exc, DaguerreError):
+        return Failed(exc.message, exc.error_id if isinstance(exc, GenerationFailed) else None, exc.status)
+    error_id = new_error_id()
+    log.error("job %s failed; error id %s", job_id, error_id, exc_info=exc)
+    return Failed(f"generation failed; error id {error_id}: the server log has the details", error_id)
+
+
 class _Worker:
-    """One daemon thread and its queue; close() leaves it to finish (or abandon) its last job.
+    """One daemon thread and its queue; close() leaves it to finish (or abandon) its last batch.
 
     Every field is guarded by `wakeup`'s lock (an RLock, so helpers may nest).
     """
 
-    def __init__(self, run: Callable[[Job, ReportProgress], Result]) -> None:
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
         self.queue = _FairQueue()
         self.jobs: dict[str, _Entry] = {}
-        self.running: _Entry | None = None
+        self.running: list[_Entry] = []  # the batch on the device
+        self.delivering: set[Future[None]] = set()  # finished batches' images, encoding on the CPU pool
         self.closing = False
         self.wakeup = threading.Condition()
         self._seq = itertools.count()
-        self.thread = threading.Thread(target=self._loop, args=(run,), name="daguerre-engine", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="daguerre-engine", daemon=True)
         self.thread.start()
 
     def admit(self, entry: _Entry) -> None:
         self.jobs[entry.job_id] = entry
         self.queue.add(entry)
         self.reposition()
+        self.prepare_ahead([entry])
         self.wakeup.notify()
 
     def next_seq(self) -> int:
@@ -252,7 +320,7 @@ class _Worker:
 
     def reposition(self) -> None:
         """Tell each waiting job its place, when it changed."""
-        ahead = 1 if self.running is not None else 0
+        ahead = len(self.running)
         metrics.queue_depth(len(self.queue))
         for index, entry in enumerate(self.queue.order()):
             if entry.position != ahead + index:
@@ -268,52 +336,176 @@ class _Worker:
         self.jobs.pop(entry.job_id, None)
         entry.emit(event)
 
-    def _loop(self, run: Callable[[Job, ReportProgress], Result]) -> None:
-        while True:
-            with self.wakeup:
-                while not len(self.queue) and not self.closing:
-                    self.wakeup.wait()
-                if not len(self.queue):
-                    return
-                entry = self.queue.pop()
-                self.running = entry
-                self.reposition()
-            entry.emit(Started())
-            final = self._run(run, entry)
-            with self.wakeup:
-                self.running = None
-                self.end(entry, final)
-                self.reposition()
+    def end_all(self, entries: list[_Entry], exc: BaseException) -> None:
+        with self.wakeup:
+            for entry in entries:
+                self.end(entry, _failure(exc, entry.job_id))
 
-    @staticmethod
-    def _run(run: Callable[[Job, ReportProgress], Result], entry: _Entry) -> FinalEvent:
+    def prepare_ahead(self, entries: list[_Entry]) -> None:
+        """Start the CPU work of waiting jobs that will run on the pipeline and LoRAs of the
+        running batch (the only state their prompt encoding can be sure of) on the CPU pool."""
+        if not self.running or self.engine.cpu is None:
+            return
+        running = self.running[0].job
+        if batch_key(running) is None or not isinstance(running, TextToImageJob):
+            return
+        for entry in entries:
+            job = entry.job
+            if entry.ahead is not None or batch_key(job) is None or not isinstance(job, TextToImageJob):
+                continue
+            if (job.model, job.loras) == (running.model, running.loras):
+                entry.ahead = self.engine.cpu.submit(self.engine.prepare_ahead, job)
+
+    def _take_batch(self) -> list[_Entry]:
+        """The next job and, when it can share its forward pass, its batch-mates: the waiting jobs
+        with its batch key, in the order they would start, while their images fit."""
+        head = self.queue.pop()
+        key = batch_key(head.job)
+        room = self.engine.max_batch_size - images_of(head.job)
+        batch = [head]
+        if key is None:
+            return batch
+
+        def fits(entry: _Entry) -> bool:
+            return batch_key(entry.job) == key and images_of(entry.job) <= room
+
+        deadline = time.monotonic() + self.engine.batch_window_s
+        while room > 0:
+            mate = self.queue.take(fits)
+            if mate is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closing:
+                    break
+                self.wakeup.wait(left)  # admit() notifies
+                continue
+            batch.append(mate)
+            room -= images_of(mate.job)
+        return batch
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self.wakeup:
+                    while not len(self.queue) and not self.closing:
+                        self.wakeup.wait()
+                    if not len(self.queue):
+                        return
+                    batch = self._take_batch()
+                    self.running = batch
+                    self.reposition()
+                    self.prepare_ahead(self.queue.order())
+                _emit_each(batch, Started())
+                with metrics.job_context(",".join(entry.job_id for entry in batch)):
+                    self._run(batch)
+                with self.wakeup:
+                    self.running = []
+                    self.reposition()
+        finally:
+            with self.wakeup:
+                delivering = list(self.delivering)
+            futures.wait(delivering)
+
+    def _run(self, batch: list[_Entry]) -> None:
+        """Run a batch, ending each job by itself: what the batch shares (its model and LoRAs)
+        fails them all; a job's own preparation, images and encoding fail only it; a failed pass
+        runs each job again alone. A job alone that cannot batch runs as it always did."""
+        engine = self.engine
+        head = batch[0]
+        if len(batch) == 1 and batch_key(head.job) is None:
+            try:
+                with engine.components:
+                    result = engine.run(head.job, self._progress(batch))
+            except Exception as exc:
+                self.end_all(batch, exc)
+                return
+            with self.wakeup:
+                # Cancelled after its last step: the client asked not to have it.
+                self.end(head, Cancelled(CANCELLED) if head.cancelled else Finished(result))
+            return
+        assert isinstance(head.job, TextToImageJob)  # batch_key() is None for every other job
+        try:
+            # The model and the LoRAs are the batch's: failing to load them fails every member.
+            loaded = engine.load(head.job)
+        except Exception as exc:
+            self.end_all(batch, exc)
+            return
+        ready: list[tuple[_Entry, Prepared]] = []
+        for entry in batch:
+            assert isinstance(entry.job, TextToImageJob)  # a batch-mate has the head's batch key
+            try:
+                ready.append((entry, engine.prepare(loaded, entry.job, entry.ahead)))
+            except Exception as exc:  # a prompt too long, an unreadable upload: that job alone
+                self.end_all([entry], exc)
+        self._denoise(loaded, ready)
+
+    def _denoise(self, loaded: LoadedPipeline, ready: list[tuple[_Entry, Prepared]]) -> None:
+        ready = [(entry, prepared) for entry, prepared in ready if not entry.ended]
+        if not ready:
+            return
+        entries = [entry for entry, _ in ready]
+        jobs = [entry.job for entry in entries if isinstance(entry.job, TextToImageJob)]
+        try:
+            images = self.engine.denoise(loaded, jobs, [prepared for _, prepared in ready], self._progress(entries))
+        except JobCancelled:
+            return  # every member was cancelled, and has ended
+        except Exception as exc:
+            if len(ready) == 1:
+                self.end_all(entries, exc)
+                return
+            # A fault of one job (or a batch too large for the device's memory) fails that job alone.
+            log.warning("a batch of %d jobs failed; running each alone", len(ready))
+            for item in ready:
+                self._denoise(loaded, [item])
+            return
+        for entry, job_images in zip(entries, images, strict=True):
+            self._deliver(entry, job_images)
+
+    def _progress(self, members: list[_Entry]) -> ReportProgress:
         # Upscales report tiles, not denoising steps: only diffusion feeds the step histogram.
-        kind = None if isinstance(entry.job, UpscaleJob) else "video" if isinstance(entry.job, VideoJob) else "image"
+        job = members[0].job
+        kind = None if isinstance(job, UpscaleJob) else "video" if isinstance(job, VideoJob) else "image"
         last_step = time.perf_counter()
 
         def progress(step: int, total: int) -> None:
             nonlocal last_step
-            if entry.cancelled:
-                raise JobCancelled(entry.job_id)
+            with self.wakeup:
+                for entry in members:
+                    if entry.cancelled:
+                        self.end(entry, Cancelled(CANCELLED))  # its batch-mates go on
+                live = [entry for entry in members if not entry.ended]
+            if not live:
+                raise JobCancelled(members[0].job_id)
             if kind is not None:
                 now = time.perf_counter()
                 metrics.denoising_step(kind, now - last_step)
                 last_step = now
-            entry.emit(Progress(step, total))
+            _emit_each(live, Progress(step, total))
 
-        try:
-            with metrics.job_context(entry.job_id):  # the engine's log lines carry the job's id
-                result = run(entry.job, progress)
-        except JobCancelled:
-            return Cancelled(CANCELLED)
-        except DaguerreError as exc:
-            return Failed(exc.message, exc.error_id if isinstance(exc, GenerationFailed) else None, exc.status)
-        except Exception:
-            error_id = new_error_id()
-            log.exception("job %s failed; error id %s", entry.job_id, error_id)
-            return Failed(f"generation failed; error id {error_id}: the server log has the details", error_id)
-        # Cancelled after its last step: the client asked not to have it.
-        return Cancelled(CANCELLED) if entry.cancelled else Finished(result)
+        return progress
+
+    def _deliver(self, entry: _Entry, images: np.ndarray) -> None:
+        """Encode a finished job's images on the CPU pool while the next batch denoises."""
+
+        def encode() -> None:
+            with metrics.job_context(entry.job_id):
+                try:
+                    final: FinalEvent = Finished(self.engine.encode_images(images))
+                except Exception as exc:
+                    final = _failure(exc, entry.job_id)
+            with self.wakeup:
+                self.end(entry, Cancelled(CANCELLED) if entry.cancelled else final)
+
+        if self.engine.cpu is None:
+            encode()
+            return
+        with self.wakeup:
+            future = self.engine.cpu.submit(encode)
+            self.delivering.add(future)
+        future.add_done_callback(self._delivered)
+
+    def _delivered(self, future: Future[None]) -> None:
+        with self.wakeup:
+            self.delivering.discard(future)
 
 
 class LocalEngine(EngineClient):
@@ -335,6 +527,9 @@ class LocalEngine(EngineClient):
         model_files: ModelFiles | None = None,
         host_cache_bytes: int | None = None,
         execution: ExecutionOptions | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_window_s: float = 0.0,
+        cpu_threads: int = DEFAULT_CPU_THREADS,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -365,12 +560,20 @@ class LocalEngine(EngineClient):
         self._max_prompt_chunks = max_prompt_chunks
         # Model files registered by URL are loaded from this node's copies.
         self.model_files = model_files or ModelFiles(cache_dir / "model-files", 200 * 1024**3)
+        self.max_batch_size = max_batch_size  # images in one forward pass (see batching.py)
+        self.batch_window_s = batch_window_s  # how long a batch waits for mates; 0: only those queued
+        # Held by the worker while it loads models or switches LoRAs, and by work prepared ahead on
+        # the CPU pool while it reads them.
+        self.components = threading.RLock()
+        # Off the device's path: PNG encoding of finished jobs, prompt encoding and upload decoding of
+        # the next ones. None (cpu_threads 0): all of it on the worker, between batches.
+        self.cpu = ThreadPoolExecutor(cpu_threads, thread_name_prefix="daguerre-cpu") if cpu_threads else None
         self._worker: _Worker | None = None
 
     async def start(self) -> None:
         # Restartable: a stopped engine keeps its model cache and can serve a new app.
         if self._worker is None:
-            self._worker = _Worker(self.run)
+            self._worker = _Worker(self)
 
     async def close(self, grace_s: float | None = None) -> None:
         """Fail the waiting jobs now, let the running one finish within the grace period, then
@@ -387,18 +590,19 @@ class LocalEngine(EngineClient):
         await asyncio.to_thread(worker.thread.join, grace)
         if worker.thread.is_alive():
             with worker.wakeup:
-                running = worker.running
-                if running is not None and not running.ended:
-                    log.warning("a job outlived the shutdown grace period (%ss); failing it", grace)
-                    running.cancelled = True
-                    worker.end(running, Failed(STOPPED, status=BUSY))
+                for running in worker.running:
+                    if not running.ended:
+                        log.warning("job %s outlived the shutdown grace (%ss); failing it", running.job_id, grace)
+                        running.cancelled = True
+                        worker.end(running, Failed(STOPPED, status=BUSY))
 
     def status(self) -> EngineStatus:
         worker = self._worker
         waiting = running = 0
         if worker is not None:
             with worker.wakeup:
-                waiting, running = len(worker.queue), int(worker.running is not None)
+                # Running: on the device, or its images being encoded.
+                waiting, running = len(worker.queue), len(worker.jobs) - len(worker.queue)
         resident = tuple(ResidentModel(label(key), size) for key, size in self.cache.resident())
         return EngineStatus(
             device=str(self.device),
@@ -457,15 +661,70 @@ class LocalEngine(EngineClient):
             return True
 
     def run(self, job: Job, progress: ReportProgress | None = None) -> Result:
-        """Run one job on this thread; public so benchmarks and tests can call it directly.
-        `progress(step, total)` is called after each denoising step or upscaled tile; it may
-        raise JobCancelled to stop the job there."""
-        try:
-            with stage("running the job"):
+        """Run one job on this thread, as a batch of one when it can batch; public so benchmarks
+        and tests can call it directly. `progress(step, total)` is called after each denoising
+        step or upscaled tile; it may raise JobCancelled to stop the job there."""
+        with stage("running the job"):
+            if batch_key(job) is None:
                 return self._run(job, progress)
-        finally:
-            # Pipelines grow and shrink as LoRAs load and unload: keep the budget true.
-            self.cache.remeasure()
+            assert isinstance(job, TextToImageJob)
+            loaded = self.load(job)
+            (images,) = self.denoise(loaded, [job], [self.prepare(loaded, job)], progress)
+            return self.encode_images(images)
+
+    # The stages of a batch (the worker runs them with each job's failures kept to itself).
+
+    def load(self, job: TextToImageJob) -> LoadedPipeline:
+        """The job's pipeline, with its LoRAs active."""
+        with self.components:
+            loaded = self.pipeline(job.model)
+            self.loras(loaded, job.loras)
+        return loaded
+
+    def prepare(self, loaded: LoadedPipeline, job: TextToImageJob, ahead: Future[Ahead] | None = None) -> Prepared:
+        """The job's prompts encoded and upload decoded: what was done ahead when it still holds."""
+        early = ahead.result() if ahead is not None else None  # its failure is this job's
+        if early is not None and early.prepared is not None and early.made_on == (loaded.pipe, loaded.loras.fused):
+            return early.prepared
+        self.check_prompts(loaded, job.prompt, job.negative_prompt)
+        with stage("encoding the prompt"):
+            conditioning = condition(loaded.pipe, job)
+        if early is not None:
+            return Prepared(conditioning, early.init_image)
+        with stage("reading the init image"):
+            return Prepared(conditioning, decode_upload(job))
+
+    def prepare_ahead(self, job: TextToImageJob) -> Ahead:
+        """prepare(), on the CPU pool while another batch denoises: the upload always; the
+        prompts when the job's model is resident with the job's LoRAs active, the state the
+        worker keeps while that batch runs (prepare() checks that it still holds)."""
+        with stage("reading the init image"):
+            init_image = decode_upload(job)
+        wanted = tuple((adapter_name(spec), spec.weight) for spec in job.loras)
+        with self.components:
+            loaded = self.cache.peek(job.model)
+            if not isinstance(loaded, LoadedPipeline) or loaded.loras.fused != wanted:
+                return Ahead(init_image)
+            self.check_prompts(loaded, job.prompt, job.negative_prompt)
+            with stage("encoding the prompt"):
+                prepared = Prepared(condition(loaded.pipe, job), init_image)
+            return Ahead(init_image, prepared, (loaded.pipe, loaded.loras.fused))
+
+    def denoise(
+        self,
+        loaded: LoadedPipeline,
+        jobs: list[TextToImageJob],
+        prepared: list[Prepared],
+        progress: ReportProgress | None = None,
+    ) -> list[np.ndarray]:
+        with stage("denoising"):
+            return render(loaded.pipe, loaded.schedulers, jobs, prepared, progress)
+
+    @staticmethod
+    def encode_images(images: np.ndarray) -> ImagesResult:
+        """Check and encode one job's images (the worker runs this on the CPU pool)."""
+        with stage("encoding the images"):
+            return ImagesResult(tuple(encode_pngs(images, "denoising and decoding the image")))
 
     def _run(self, job: Job, progress: ReportProgress | None) -> Result:
         if isinstance(job, UpscaleJob):
@@ -495,10 +754,9 @@ class LocalEngine(EngineClient):
             with stage("denoising with the ControlNet"):
                 images = controlnet_images(loaded.pipe, loaded.schedulers, job, controlnet, control_map, progress)
             return ImagesResult(tuple(images), control_image=encode_png(control_map))
-        with stage("denoising"):
-            if isinstance(job, ImageToImageJob):
-                return ImagesResult(tuple(image_to_image(loaded.pipe, loaded.schedulers, job, progress)))
-            return ImagesResult(tuple(text_to_image(loaded.pipe, loaded.schedulers, job, progress)))
+        if isinstance(job, ImageToImageJob) and unchanged(job):
+            return ImagesResult((job.init_image,) * len(job.seeds))
+        raise TypeError(f"{type(job).__name__} jobs run in batches (LocalEngine.run)")
 
     def pipeline(self, spec: ModelSpec) -> LoadedPipeline:
         def load() -> LoadedPipeline:
@@ -526,11 +784,18 @@ class LocalEngine(EngineClient):
 
     def loras(self, loaded: LoadedPipeline, loras: tuple[LoraSpec, ...]) -> None:
         names = ", ".join(f"{spec.id} (version {spec.version})" for spec in loras)
-        with stage(f"loading LoRA {names}" if loras else "removing LoRAs"):
-            before = loaded.loras.fused
-            activate_loras(loaded.pipe, loaded.loras, loras)
-            if loaded.loras.fused != before:
-                refresh_fused_projections(loaded.pipe.unet)
+        before = set(loaded.loras.loaded)
+        fused_before = loaded.loras.fused
+        try:
+            with stage(f"loading LoRA {names}" if loras else "removing LoRAs"):
+                activate_loras(loaded.pipe, loaded.loras, loras)
+                if loaded.loras.fused != fused_before:
+                    refresh_fused_projections(loaded.pipe.unet)
+        finally:
+            # A pipeline grows and shrinks as LoRAs load and unload: keep the budget true. Only
+            # then: measuring every resident model costs milliseconds a job.
+            if set(loaded.loras.loaded) != before:
+                self.cache.remeasure()
 
     def _to_host(self, value: object) -> bool:
         """Move a pipeline evicted from the device to host memory (pinned on CUDA), with the base
@@ -618,6 +883,10 @@ class LocalEngine(EngineClient):
             # The new part is a copy of the UNet with the motion modules: about the adapter's files
             # plus the UNet's tensors.
             estimate = estimate_bytes(adapter.path) + resident_bytes(base.pipe.unet)
-            animated = self.cache.get(AnimatedKey(job.model, adapter), build, estimate)
+            key = AnimatedKey(job.model, adapter)
+            built = key not in self.cache
+            animated = self.cache.get(key, build, estimate)
+            if built:  # build() took the base pipeline's LoRAs out
+                self.cache.remeasure()
         with stage("denoising the video"):
             return video.run_animatediff(animated, base.schedulers.config, job, progress)

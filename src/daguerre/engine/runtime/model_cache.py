@@ -108,6 +108,10 @@ class ModelCache(Generic[K]):
         self._report()
         return value
 
+    def peek(self, key: K) -> object | None:
+        """The entry if resident, without counting it as used (for work prepared ahead of its turn)."""
+        return self._entries.get(key)
+
     def remeasure(self) -> None:
         """Measure the entries again (a pipeline grows as LoRAs load into it) and evict the least
         recently used while the total is over the budget."""
