@@ -33,6 +33,7 @@ from daguerre.services.container import Database, open_database
 from daguerre.services.records import InferenceStore
 from daguerre.settings import GatewaySettings, Settings
 from tests.support.api import SMALL, RecordingEngine
+from tests.support.server import wait_until_healthy
 from tests.support.servers import free_port
 
 LEASE_S, HEARTBEAT_S = 2.0, 0.25
@@ -129,15 +130,7 @@ class Gateway:
         self.log = settings.data_dir.parent / f"{settings.gateway_id}.log"
         with self.log.open("wb") as sink:
             self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.process.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "the gateway did not start"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(self.process, self.url, self.log, 90)
 
 
 def wait_for(check: Any, limit_s: float, what: str) -> None:

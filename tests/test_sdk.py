@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +46,7 @@ from daguerre_client import (
 )
 from daguerre_client._core import body_of
 from tests.support.images import decode, photo, png
+from tests.support.server import wait_until_healthy
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -72,15 +72,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_until_healthy(process, url, log, 180)
         created = subprocess.run(
             [sys.executable, "-m", "daguerre", "tokens", "create", "--credits", "0.01", "--data-dir", str(data_dir)],
             capture_output=True,

@@ -4,7 +4,6 @@ its access log, its memory, keep-alive connections."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import httpx
 from daguerre.demo.install import install_demo, install_demo_model
 from daguerre.services.container import open_database
 from daguerre.settings import Settings
+from tests.support.servers import free_port
 
 
 @dataclass
@@ -32,10 +32,17 @@ class LiveServer:
         return self.log.read_text(errors="replace")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log: Path, limit_s: float) -> None:
+    """Until the server at `url` answers /health; fails with its log if it exits or `limit_s` passes."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        assert process.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, f"the server at {url} did not start within {limit_s} s"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
 
 
 @contextmanager
@@ -61,15 +68,7 @@ def live_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(process, url, log, 120)
         yield LiveServer(url, token, process, log)
     finally:
         process.terminate()
