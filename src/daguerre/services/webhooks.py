@@ -280,7 +280,7 @@ class WebhookService:
         and how long until the next one is due."""
         slots = _MAX_IN_FLIGHT - len(in_flight)
         now = datetime.now(UTC)
-        due: list[_Due] = []
+        candidates: list[_Due] = []
         wait = _IDLE_S
         with self._sessions() as session:
             rows = session.execute(
@@ -297,9 +297,10 @@ class WebhookService:
                 if at > now:
                     wait = min(wait, (at - now).total_seconds())
                     break
-                if len(due) < slots and self._claim(delivery.id, delivery.attempts, now):
-                    due.append(_Due(delivery.id, delivery.url, delivery.payload, secret, delivery.attempts + 1))
-        return due, wait
+                if len(candidates) < slots:
+                    candidates.append(_Due(delivery.id, delivery.url, delivery.payload, secret, delivery.attempts + 1))
+        # Claimed after the read is closed: each claim is its own short write transaction.
+        return [item for item in candidates if self._claim(item.delivery_id, item.attempt - 1, now)], wait
 
     def _claim(self, delivery_id: str, attempts: int, now: datetime) -> bool:
         """Take the delivery's next attempt for this process: its `next_at` moves past the attempt's
