@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from daguerre.cli import app
-from daguerre.engine.loading.skeletons import family_skeleton
+from daguerre.engine.families import family
 from daguerre.services.container import open_database
 from daguerre.services.probing import UnsupportedModel, inspect_checkpoint
 from daguerre.settings import Settings
@@ -148,7 +148,7 @@ def test_single_file_and_ckpt_are_recognised(tiny_single_file, tmp_path: Path) -
 def test_shipped_sd15_skeleton_has_the_real_topology(tmp_path: Path, tiny_sd15: Path) -> None:
     """The real SD 1.5 UNet built from the shipped config (on the meta device: no memory) has the
     same parameter names as the tiny model, whose single-file round trip is tested end to end."""
-    skeleton = family_skeleton("sd15", tmp_path)
+    skeleton = family("sd15").skeleton(tmp_path)
     with torch.device("meta"):
         real = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(skeleton / "unet"))
         real_vae = AutoencoderKL.from_config(AutoencoderKL.load_config(skeleton / "vae"))

@@ -17,13 +17,13 @@ from daguerre.engine.diffusers_classes import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from daguerre.engine.loading.skeletons import family_skeleton
+from daguerre.engine.families import family
 
 
 def build_full_sd15(folder: Path, seed: int, cache_dir: Path) -> Path:
     """A full-size SD 1.5 diffusers folder with seeded random weights, from the config skeleton
     the package ships (the same configs the offline single-file loader uses), saved in fp16."""
-    skeleton = family_skeleton("sd15", cache_dir)
+    skeleton = family("sd15").skeleton(cache_dir)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(skeleton / "unet"))
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(skeleton / "vae"))

@@ -20,6 +20,7 @@ from daguerre.engine.diffusers_classes import (
     AutoencoderKL,
     AutoencoderKLWan,
     ControlNetModel,
+    DiffusionPipeline,
     MotionAdapter,
     PNDMScheduler,
     StableDiffusionPipeline,
@@ -193,7 +194,7 @@ def _randomize(parameters: list[torch.Tensor], std: float) -> None:
 
 
 def build_tiny_lora(
-    base: Path | StableDiffusionPipeline,
+    base: Path | DiffusionPipeline,
     target: Path,
     layout: str = "diffusers",
     seed: int = 0,

@@ -39,12 +39,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from daguerre.engine.diffusers_classes import DiffusionPipeline
+from daguerre.engine.families import of_pipeline
 from daguerre.engine.jobs import LoraSpec
 from daguerre.errors import GenerationFailed
 
 log = logging.getLogger(__name__)
-
-_COMPONENTS = ["unet", "text_encoder"]
 
 # Defaults of the `model_cache.max_loras` and `model_cache.max_lora_bytes` settings (see settings.py).
 DEFAULT_MAX_ADAPTERS = 8
@@ -87,6 +86,11 @@ def lora_file(path: str | Path) -> Path:
     return path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
 
 
+def _components(pipe: DiffusionPipeline) -> list[str]:
+    """What the model family lets a LoRA target (SDXL: both text encoders)."""
+    return list(of_pipeline(pipe).lora_components)
+
+
 def _has_adapters(layer: BaseTunerLayer) -> bool:
     return any(len(getattr(layer, name, ())) for name in layer.adapter_layer_names)
 
@@ -94,7 +98,7 @@ def _has_adapters(layer: BaseTunerLayer) -> bool:
 def _wrapped_layers(pipe: DiffusionPipeline) -> list[BaseTunerLayer]:
     return [
         module
-        for component in _COMPONENTS
+        for component in _components(pipe)
         for module in getattr(pipe, component).modules()
         if isinstance(module, BaseTunerLayer) and _has_adapters(module)
     ]
@@ -110,13 +114,13 @@ def adapter_tensors(pipe: DiffusionPipeline, name: str) -> list[torch.Tensor]:
     marker = f".{name}."
     return [
         parameter
-        for component in _COMPONENTS
+        for component in _components(pipe)
         for parameter_name, parameter in getattr(pipe, component).named_parameters()
         if marker in parameter_name and any(part in parameter_name for part in _PEFT_NAMES)
     ]
 
 
-def _source(spec: LoraSpec, file: Path) -> tuple[str | dict[str, torch.Tensor], int]:
+def _source(spec: LoraSpec, file: Path, components: list[str]) -> tuple[str | dict[str, torch.Tensor], int]:
     """What to hand load_lora_weights (the path, or a renamed state dict), and how many tensors
     of the file must land."""
     with safe_open(str(file), framework="pt") as handle:
@@ -135,7 +139,7 @@ def _source(spec: LoraSpec, file: Path) -> tuple[str | dict[str, torch.Tensor], 
     # (diffusers writes "unet.r", "unet.lora_alpha", ...) is folded into its up weights; loading
     # a state dict then uses alpha = r, a scaling of 1.
     config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
-    for component in _COMPONENTS:
+    for component in components:
         if config.get(f"{component}.rank_pattern") or config.get(f"{component}.alpha_pattern"):
             raise LoraNotApplicable(
                 f"LoRA {spec.id} (version {spec.version}) mixes two key layouts and records per-layer ranks; "
@@ -152,7 +156,7 @@ def _source(spec: LoraSpec, file: Path) -> tuple[str | dict[str, torch.Tensor], 
 
 def _load(pipe: DiffusionPipeline, spec: LoraSpec, name: str) -> int:
     """Load one LoRA as adapter `name`, checking that all of it landed; returns its bytes."""
-    source, expected = _source(spec, lora_file(spec.path))
+    source, expected = _source(spec, lora_file(spec.path), _components(pipe))
     pipe.load_lora_weights(source, adapter_name=name)
     landed = adapter_tensors(pipe, name)
     if len(landed) != expected:
@@ -194,7 +198,7 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
     if wanted == state.fused:
         return
     if state.fused:
-        pipe.unfuse_lora(components=_COMPONENTS)
+        pipe.unfuse_lora(components=_components(pipe))
         for layer, weight in state.originals.items():
             _base_weight(layer).copy_(weight)
         state.fused = ()
@@ -211,7 +215,7 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
             state.originals[layer] = _base_weight(layer).detach().clone()
     pipe.enable_lora()
     pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])
-    pipe.fuse_lora(components=_COMPONENTS, adapter_names=names)
+    pipe.fuse_lora(components=_components(pipe), adapter_names=names)
     state.fused = wanted
 
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from daguerre.engine.diffusers_classes import StableDiffusionPipeline
+from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.jobs import ControlNetJob, ImageToImageJob, Job, ReportProgress, TextToImageJob
 from daguerre.engine.pipelines.image_to_image import decode_init_image, image_to_image, unchanged
-from daguerre.engine.pipelines.sampling import Conditioning, condition
+from daguerre.engine.pipelines.sampling import condition
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.text_to_image import text_to_image
+from daguerre.engine.prompts.conditioning import Conditioning
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def images_of(job: Job) -> int:
     return len(job.seeds) if isinstance(job, TextToImageJob) else 1
 
 
-def prepare(pipe: StableDiffusionPipeline, job: TextToImageJob) -> Prepared:
+def prepare(pipe: DiffusionPipeline, job: TextToImageJob) -> Prepared:
     """Encode the prompts (with the job's LoRAs active on the text encoder) and decode the upload."""
     return Prepared(condition(pipe, job), decode_upload(job))
 
@@ -65,7 +66,7 @@ def decode_upload(job: TextToImageJob) -> Image.Image | None:
 
 
 def render(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     schedulers: Schedulers,
     jobs: Sequence[TextToImageJob],
     prepared: Sequence[Prepared],

@@ -9,16 +9,17 @@ import io
 
 from PIL import Image
 
-from daguerre.engine.diffusers_classes import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from daguerre.engine.diffusers_classes import DiffusionPipeline
+from daguerre.engine.families import of_pipeline
 from daguerre.engine.jobs import HiresFixJob, ReportProgress
-from daguerre.engine.pipelines.sampling import derive, sample
+from daguerre.engine.pipelines.sampling import sample
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.engine.pipelines.upscaling import Upscaler, upscale_image
 from daguerre.imaging import encode_png
 
 
 def hires_fix(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     schedulers: Schedulers,
     upscaler: Upscaler | None,
     job: HiresFixJob,
@@ -30,6 +31,6 @@ def hires_fix(
     upscaled = upscale_image(upscaler, source, render.width, render.height, job.tiling, progress)
     if job.denoising_steps == 0:
         return encode_png(upscaled)  # nothing to re-render; diffusers would fail on zero steps
-    img2img = derive(pipe, StableDiffusionImg2ImgPipeline)
+    img2img = of_pipeline(pipe).derive(pipe, "image_to_image")
     (image,) = sample(img2img, schedulers, render, progress, image=upscaled, strength=job.strength)
     return encode_png(image)

@@ -1,46 +1,30 @@
-"""What every SD task pipeline shares: building on the loaded components, and sampling with the
-job's scheduler, weighted prompts and seeds, for one job or a batch of jobs that share a forward
-pass (engine/pipelines/batching.py says which can)."""
+"""What every task pipeline of every family shares: sampling with the job's scheduler, weighted
+prompts and seeds, for one job or a batch of jobs that share a forward pass
+(engine/pipelines/batching.py says which can). The family (engine/families) encodes the prompts
+and names the pipeline classes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
-from daguerre.engine.diffusers_classes import (
-    DiffusionPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionPipeline,
-)
+from daguerre.engine.diffusers_classes import DiffusionPipeline
+from daguerre.engine.families import of_pipeline
 from daguerre.engine.jobs import ReportProgress, TextToImageJob
 from daguerre.engine.pipelines.outputs import to_pil
 from daguerre.engine.pipelines.schedulers import Schedulers
-from daguerre.engine.prompts.encoding import encode_prompt_pair
-
-P = TypeVar("P", StableDiffusionImg2ImgPipeline, StableDiffusionControlNetPipeline)
-Task = StableDiffusionPipeline | StableDiffusionImg2ImgPipeline | StableDiffusionControlNetPipeline
+from daguerre.engine.prompts.conditioning import Conditioning, stack_pooled
 
 
 def seed_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
     # CPU generators: the same seed gives the same starting noise on any GPU or CPU, and image i
     # draws only from its own generator, so it can be reproduced alone with seed + i.
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-
-def derive(pipe: StableDiffusionPipeline, cls: type[P], **extra: Any) -> P:
-    """A task pipeline (img2img, ControlNet) on the loaded pipeline's own modules: nothing is
-    reloaded or copied. Not `from_pipe`: it casts every shared module to float32 unless given a
-    dtype, which on a half-precision GPU would convert the cached text-to-image pipeline too."""
-    derived = cls(**pipe.components, **extra, requires_safety_checker=False)
-    derived.set_progress_bar_config(disable=True)
-    return derived
 
 
 StepEnd = Callable[[DiffusionPipeline, int, Any, dict[str, Any]], dict[str, Any]]
@@ -60,21 +44,8 @@ def step_callback(progress: ReportProgress | None) -> StepEnd | None:
     return on_step_end
 
 
-@dataclass(frozen=True)
-class Conditioning:
-    """A job's prompt and negative prompt, encoded: (1, 77 x chunks, dim) each, as many chunks in
-    both."""
-
-    positive: torch.Tensor
-    negative: torch.Tensor
-
-
-def condition(pipe: Task, job: TextToImageJob) -> Conditioning:
-    # The text encoder's own device: `pipe.device` walks every module of every component.
-    positive, negative = encode_prompt_pair(
-        job.prompt, job.negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.text_encoder.device
-    )
-    return Conditioning(positive, negative)
+def condition(pipe: DiffusionPipeline, job: TextToImageJob) -> Conditioning:
+    return of_pipeline(pipe).condition(pipe, job.prompt, job.negative_prompt)
 
 
 def _stack(
@@ -120,7 +91,7 @@ def _cross_attention_mask(unet: torch.nn.Module, mask: torch.Tensor | None) -> I
 
 
 def sample_batch(
-    task: Task,
+    task: DiffusionPipeline,
     schedulers: Schedulers,
     jobs: Sequence[TextToImageJob],
     conditionings: Sequence[Conditioning],
@@ -135,6 +106,7 @@ def sample_batch(
     first = jobs[0]
     counts = [len(job.seeds) for job in jobs]
     positive, negative, mask = _stack(conditionings, counts)
+    pooled = stack_pooled(list(conditionings), counts)
     expanded = {
         name: [value for value, count in zip(values, counts, strict=True) for _ in range(count)]
         for name, values in (per_image or {}).items()
@@ -142,7 +114,7 @@ def sample_batch(
     task.scheduler = schedulers.get(first.scheduler)
     with _cross_attention_mask(task.unet, mask):
         # diffusers' pipeline calls are untyped; with output_type="np" they give an (N, H, W, 3) array.
-        images: np.ndarray = task(
+        images: np.ndarray = cast(Callable[..., Any], task)(
             prompt_embeds=positive,
             negative_prompt_embeds=negative,
             num_inference_steps=first.steps,
@@ -151,6 +123,7 @@ def sample_batch(
             generator=[generator for job in jobs for generator in seed_generators(job.seeds)],
             output_type="np",
             callback_on_step_end=step_callback(progress),
+            **pooled,
             **expanded,
             **inputs,
         ).images
@@ -158,7 +131,7 @@ def sample_batch(
 
 
 def sample(
-    task: Task,
+    task: DiffusionPipeline,
     schedulers: Schedulers,
     job: TextToImageJob,
     progress: ReportProgress | None = None,

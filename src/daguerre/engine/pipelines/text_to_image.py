@@ -1,4 +1,4 @@
-"""Text-to-image on a loaded StableDiffusionPipeline, for one job or a batch of them."""
+"""Text-to-image on a loaded pipeline of any family, for one job or a batch of them."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from daguerre.engine.diffusers_classes import StableDiffusionPipeline
+from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.jobs import ReportProgress, TextToImageJob
-from daguerre.engine.pipelines.sampling import Conditioning, sample_batch
+from daguerre.engine.pipelines.sampling import sample_batch
 from daguerre.engine.pipelines.schedulers import Schedulers
+from daguerre.engine.prompts.conditioning import Conditioning
 
 
 def text_to_image(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     schedulers: Schedulers,
     jobs: Sequence[TextToImageJob],
     conditionings: Sequence[Conditioning],

@@ -22,19 +22,19 @@ COMMA_BACKTRACK = 20
 
 
 @dataclass
-class _Chunk:
+class Chunk:
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
 
 
-def weighted_chunks(tokenizer: CLIPTokenizer, prompt: str) -> list[_Chunk]:
+def weighted_chunks(tokenizer: CLIPTokenizer, prompt: str) -> list[Chunk]:
     comma = tokenizer.convert_tokens_to_ids(",</w>")
-    chunks = [_Chunk()]
+    chunks = [Chunk()]
     last_comma = -1
 
     def close_chunk() -> None:
         nonlocal last_comma
-        chunks.append(_Chunk())
+        chunks.append(Chunk())
         last_comma = -1
 
     for piece in parse_prompt(prompt):
@@ -48,7 +48,7 @@ def weighted_chunks(tokenizer: CLIPTokenizer, prompt: str) -> list[_Chunk]:
             if len(current.tokens) == CHUNK:
                 if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
                     # Move the words after the last comma to the next chunk, keeping them together.
-                    carry = _Chunk(current.tokens[last_comma + 1 :], current.weights[last_comma + 1 :])
+                    carry = Chunk(current.tokens[last_comma + 1 :], current.weights[last_comma + 1 :])
                     del current.tokens[last_comma + 1 :], current.weights[last_comma + 1 :]
                     chunks.append(carry)
                     last_comma = -1
@@ -64,10 +64,8 @@ def weighted_chunks(tokenizer: CLIPTokenizer, prompt: str) -> list[_Chunk]:
     return chunks
 
 
-@torch.no_grad()
-def encode_chunks(
-    chunks: list[_Chunk], tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, device: torch.device
-) -> torch.Tensor:
+def chunk_ids(chunks: list[Chunk], tokenizer: CLIPTokenizer) -> tuple[list[list[int]], list[list[float]]]:
+    """Each chunk's 77 token ids (BOS, tokens, EOS, padding) and their weights."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids, weights = [], []
@@ -75,12 +73,25 @@ def encode_chunks(
         padding = CHUNK - len(chunk.tokens)
         ids.append([bos, *chunk.tokens, eos] + [pad] * padding)
         weights.append([1.0, *chunk.weights, 1.0] + [1.0] * padding)
-    input_ids = torch.tensor(ids, device=device)
-    hidden: torch.Tensor = text_encoder(input_ids)[0]  # (chunks, 77, dim), last hidden state
-    scale = torch.tensor(weights, device=device, dtype=hidden.dtype).unsqueeze(-1)
+    return ids, weights
+
+
+def apply_weights(hidden: torch.Tensor, weights: list[list[float]]) -> torch.Tensor:
+    """Scale each token's embedding by its weight, keeping each chunk's mean; (chunks, 77, dim)
+    becomes (1, 77 x chunks, dim)."""
+    scale = torch.tensor(weights, device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
     if not torch.all(scale == 1):
         hidden = _restore_mean(hidden, hidden * scale)
     return hidden.reshape(1, -1, hidden.shape[-1])
+
+
+@torch.no_grad()
+def encode_chunks(
+    chunks: list[Chunk], tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, device: torch.device
+) -> torch.Tensor:
+    ids, weights = chunk_ids(chunks, tokenizer)
+    hidden: torch.Tensor = text_encoder(torch.tensor(ids, device=device))[0]  # (chunks, 77, dim), last hidden state
+    return apply_weights(hidden, weights)
 
 
 # The share of a chunk's mean magnitude its mean must reach for A1111's mean restoration to apply.
@@ -123,6 +134,16 @@ def check_prompt_length(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: 
             )
 
 
+def chunk_pair(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str) -> tuple[list[Chunk], list[Chunk]]:
+    """Both prompts' chunks, as many in each: classifier-free guidance batches them together."""
+    positive = weighted_chunks(tokenizer, prompt)
+    negative = weighted_chunks(tokenizer, negative_prompt)
+    count = max(len(positive), len(negative))
+    positive += [Chunk() for _ in range(count - len(positive))]
+    negative += [Chunk() for _ in range(count - len(negative))]
+    return positive, negative
+
+
 def encode_prompt_pair(
     prompt: str,
     negative_prompt: str,
@@ -130,11 +151,7 @@ def encode_prompt_pair(
     text_encoder: CLIPTextModel,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    positive = weighted_chunks(tokenizer, prompt)
-    negative = weighted_chunks(tokenizer, negative_prompt)
-    count = max(len(positive), len(negative))
-    positive += [_Chunk() for _ in range(count - len(positive))]
-    negative += [_Chunk() for _ in range(count - len(negative))]
+    positive, negative = chunk_pair(tokenizer, prompt, negative_prompt)
     return (
         encode_chunks(positive, tokenizer, text_encoder, device),
         encode_chunks(negative, tokenizer, text_encoder, device),

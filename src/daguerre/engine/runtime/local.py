@@ -49,7 +49,8 @@ from PIL import Image
 
 from daguerre import metrics
 from daguerre.engine.client import EngineClient, JobHandle
-from daguerre.engine.diffusers_classes import AnimateDiffPipeline, ControlNetModel, StableDiffusionPipeline
+from daguerre.engine.diffusers_classes import AnimateDiffPipeline, ControlNetModel, DiffusionPipeline
+from daguerre.engine.families import family
 from daguerre.engine.jobs import (
     BUSY,
     CANCELLED,
@@ -80,7 +81,6 @@ from daguerre.engine.jobs import (
     VideoJob,
     VideoResult,
 )
-from daguerre.engine.loading.checkpoints import load_text_to_image
 from daguerre.engine.loading.lora import (
     DEFAULT_MAX_ADAPTER_BYTES,
     DEFAULT_MAX_ADAPTERS,
@@ -142,7 +142,7 @@ DEFAULT_CPU_THREADS = 2
 
 @dataclass(frozen=True)
 class LoadedPipeline:
-    pipe: StableDiffusionPipeline
+    pipe: DiffusionPipeline
     # Built from the scheduler config as loaded, before any job swapped the pipeline's scheduler.
     schedulers: Schedulers
     # The LoRAs loaded into this pipeline; they stay loaded, switched per job.
@@ -760,7 +760,7 @@ class LocalEngine(EngineClient):
 
     def pipeline(self, spec: ModelSpec) -> LoadedPipeline:
         def load() -> LoadedPipeline:
-            pipe = load_text_to_image(self._on_disk(spec), self.device, self.dtype, self._cache_dir)
+            pipe = family(spec.family).load(self._on_disk(spec), self.device, self.dtype, self._cache_dir)
             prepare(pipe, self.execution, self.device)
             return LoadedPipeline(
                 pipe, Schedulers(pipe.scheduler.config), LoraState(self._max_loras, self._max_lora_bytes)
