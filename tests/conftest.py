@@ -23,6 +23,7 @@ from daguerre.demo.tiny_models import (
     build_tiny_openpose_annotator,
     build_tiny_rrdbnet,
     build_tiny_sd15,
+    build_tiny_sdxl,
     build_tiny_wan,
 )
 from daguerre.engine.runtime.local import LocalEngine
@@ -36,6 +37,21 @@ from tests.support.single_file import export_single_file, skeleton_of
 @pytest.fixture(scope="session")
 def tiny_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd15(tmp_path_factory.mktemp("models") / "tiny-sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def sdxl_lora_files(tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two SDXL LoRAs touching the UNet and both text encoders: a in the diffusers layout, b in kohya's."""
+    folder = tmp_path_factory.mktemp("sdxl-loras")
+    return {
+        "a": build_tiny_lora(tiny_sdxl, folder / "a.safetensors", "diffusers", seed=1),
+        "b": build_tiny_lora(tiny_sdxl, folder / "b.safetensors", "kohya", seed=2),
+    }
 
 
 @pytest.fixture(scope="session")

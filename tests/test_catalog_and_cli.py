@@ -123,9 +123,10 @@ def test_models_add_rejects_bad_options_and_files(tmp_path: Path, tiny_sd15: Pat
 @pytest.mark.parametrize(
     ("key", "message"),
     [
-        ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", "SDXL"),
+        ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", "not a whole SDXL"),
+        ("conditioner.embedders.0.model.token_embedding.weight", "SDXL refiner"),
         ("cond_stage_model.model.token_embedding.weight", "SD 2.x"),
-        ("some.other.weight", "not an SD 1.x checkpoint"),
+        ("some.other.weight", "not an SD 1.x or SDXL checkpoint"),
     ],
 )
 def test_inspection_names_what_a_foreign_checkpoint_is(tmp_path: Path, key: str, message: str) -> None:

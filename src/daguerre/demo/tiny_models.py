@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Tokenizer
 
 from daguerre.engine.diffusers_classes import (
     AutoencoderKL,
     AutoencoderKLWan,
     ControlNetModel,
     DiffusionPipeline,
+    EulerDiscreteScheduler,
     MotionAdapter,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
     UniPCMultistepScheduler,
     WanImageToVideoPipeline,
@@ -150,6 +153,126 @@ def _save_sd15(folder: Path, unet: UNet2DConditionModel, vae: AutoencoderKL) -> 
     return folder
 
 
+def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+    """Write a diffusers folder of a tiny random SDXL-topology pipeline; same seed, same bytes.
+
+    SDXL's layout at small widths, as diffusers' own SDXL tests build it: three UNet levels, the
+    first without attention, linear projections, several transformer layers deeper down, and the
+    "text_time" addition embedding that takes the pooled text embedding and the size conditioning.
+    The two text encoders have different widths, as CLIP ViT-L (768) and OpenCLIP ViT-bigG (1280)
+    do: single-file loading tells them apart by width."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32, 64),  # SDXL: (320, 640, 1280)
+        layers_per_block=2,
+        norm_num_groups=8,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2),  # SDXL: (1, 2, 10)
+        attention_head_dim=(2, 4, 8),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        # Six size numbers of addition_time_embed_dim each, and the pooled embedding.
+        projection_class_embeddings_input_dim=6 * 8 + _SDXL_POOLED,
+        cross_attention_dim=_SDXL_CLIP_L + _SDXL_CLIP_G,
+    )
+    return _save_sdxl(folder, unet, _tiny_vae(scaling_factor=0.13025, force_upcast=True))
+
+
+def build_demo_sdxl(folder: Path, seed: int = 0) -> Path:
+    """Write the demo's SDXL model: SDXL's pipeline class, encoders and key naming, with attention
+    at the lowest UNet level only and one layer per block, so that its native 1024x1024 answers in
+    seconds on a CPU (see build_demo_sd15). Its outputs are noise."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=1,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + _SDXL_POOLED,
+        cross_attention_dim=_SDXL_CLIP_L + _SDXL_CLIP_G,
+    )
+    vae = _tiny_vae(scaling_factor=0.13025, force_upcast=True, layers_per_block=1, mid_block_add_attention=False)
+    return _save_sdxl(folder, unet, vae)
+
+
+# Widths of the tiny SDXL text encoders (CLIP ViT-L, OpenCLIP ViT-bigG) and of the pooled embedding.
+_SDXL_CLIP_L, _SDXL_CLIP_G, _SDXL_POOLED = 32, 48, 32
+
+
+def _tiny_vae(layers_per_block: int = 2, **config: Any) -> AutoencoderKL:
+    vae: AutoencoderKL = AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32),  # SD's and SDXL's VAE: (128, 256, 512, 512)
+        layers_per_block=layers_per_block,
+        norm_num_groups=8,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=128,
+        **config,
+    )
+    return vae
+
+
+def _tiny_clip(hidden_size: int, hidden_act: str, projection_dim: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        hidden_act=hidden_act,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+
+
+def _save_sdxl(folder: Path, unet: UNet2DConditionModel, vae: AutoencoderKL) -> Path:
+    """An SDXL pipeline folder around `unet` and `vae`: two 2-layer text encoders (the second with
+    the projection that gives the pooled embedding), the real tokenizers and SDXL's scheduler."""
+    from daguerre.engine.families.sdxl.family import OPEN_CLIP_PAD
+
+    text_encoder = CLIPTextModel(_tiny_clip(_SDXL_CLIP_L, "quick_gelu", _SDXL_CLIP_L))
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip(_SDXL_CLIP_G, "gelu", _SDXL_POOLED))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer_2", OPEN_CLIP_PAD)),
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def build_tiny_rrdbnet(path: Path, scale: int, seed: int = 0, num_feat: int = 16, num_block: int = 1) -> Path:
     """Write a tiny random RRDBNet (ESRGAN / Real-ESRGAN) in BasicSR's key layout, as Real-ESRGAN's
     releases ship it: `{"params_ema": ...}` in a .pth, or the bare state dict in a .safetensors.
@@ -201,7 +324,8 @@ def build_tiny_lora(
     extra_unet_targets: tuple[str, ...] = (),
     rank: int = 4,
 ) -> Path:
-    """A random rank-`rank` LoRA (UNet attention and CLIP attention) for a tiny pipeline, saved as one
+    """A random rank-`rank` LoRA (UNet attention and every CLIP encoder's attention) for a tiny
+    pipeline of any family, saved as one
     .safetensors file in the diffusers layout (`unet.…lora.down`, as diffusers' training scripts
     write it) or the kohya/A1111 one (`lora_unet_…lora_down`, `lora_te_…`, with alphas), as
     Civitai LoRAs are. `extra_unet_targets` adds UNet layers, e.g. ("proj_in", "proj_out") as
@@ -211,35 +335,53 @@ def build_tiny_lora(
     from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from peft import LoraConfig, get_peft_model_state_dict
 
-    pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True) if isinstance(base, Path) else base
+    pipe = DiffusionPipeline.from_pretrained(base, local_files_only=True) if isinstance(base, Path) else base
+    # The text encoders a LoRA of the family targets: SDXL has two (kohya prefixes lora_te1_, lora_te2_).
+    encoders = [name for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None]
     # The adapters go on copies, so a pipeline passed in stays as it was for the next build.
-    unet_model, text_model = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    unet_model = copy.deepcopy(pipe.unet)
+    text_models = {name: copy.deepcopy(getattr(pipe, name)) for name in encoders}
     torch.manual_seed(seed)
     unet_model.add_adapter(
         LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0", *extra_unet_targets])
     )
-    text_model.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
-    )
+    for model in text_models.values():
+        model.add_adapter(
+            LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+        )
     # peft starts lora_B at zero (no effect); random both ways so the LoRA visibly changes the image.
-    for model in (unet_model, text_model):
+    for model in (unet_model, *text_models.values()):
         _randomize([p for n, p in model.named_parameters() if "lora_" in n], 0.05)
     unet = get_peft_model_state_dict(unet_model)
-    text_encoder = get_peft_model_state_dict(text_model)
+    texts = {name: get_peft_model_state_dict(model) for name, model in text_models.items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     if layout == "diffusers":
-        StableDiffusionPipeline.save_lora_weights(
+        # save_lora_weights comes from each family's LoRA loader mixin, which DiffusionPipeline lacks.
+        family_class: Any = type(pipe)
+        family_class.save_lora_weights(
             target.parent,
             unet_lora_layers=convert_state_dict_to_diffusers(unet),
-            text_encoder_lora_layers=convert_state_dict_to_diffusers(text_encoder),
             weight_name=target.name,
+            **{f"{name}_lora_layers": convert_state_dict_to_diffusers(state) for name, state in texts.items()},
         )
     elif layout == "kohya":
-        peft = {f"unet.{k}": v for k, v in unet.items()} | {f"text_encoder.{k}": v for k, v in text_encoder.items()}
-        # diffusers writes SDXL's "lora_te1_" prefix; SD 1.x kohya files name the CLIP modules
-        # "lora_te_text_model_encoder_...".
+        peft = {f"unet.{k}": v for k, v in unet.items()}
+        for name, state in texts.items():
+            peft |= {f"{name}.{k}": v for k, v in state.items()}
         converted = convert_state_dict_to_kohya(peft)
-        kohya = {k.replace("lora_te1_", "lora_te_text_model_"): v.contiguous() for k, v in converted.items()}
+        # diffusers writes "lora_te1_" and "lora_te2_" before the (flattened) CLIP module names;
+        # kohya files keep the `text_model_` level, and SD 1.x files call the one encoder "lora_te_".
+        prefixes = {"lora_te1_": "lora_te1_text_model_", "lora_te2_": "lora_te2_text_model_"}
+        if len(encoders) == 1:
+            prefixes["lora_te1_"] = "lora_te_text_model_"
+        kohya = {}
+        for key, value in converted.items():
+            for old, new_prefix in prefixes.items():
+                # CLIPTextModelWithProjection still has the `text_model` level.
+                if key.startswith(old) and not key.startswith(old + "text_model_"):
+                    key = new_prefix + key.removeprefix(old)
+                    break
+            kohya[key] = value.contiguous()
         save_file(kohya, str(target))
     else:
         raise ValueError(f"unknown LoRA layout {layout!r}; known: diffusers, kohya")

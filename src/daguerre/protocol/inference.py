@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from daguerre.engine import families
 from daguerre.protocol.fields import Bool, Int, Prompt, Text
 
 SCHEDULERS = ("DPMSolverMultistep", "K_EULER_ANCESTRAL", "DDIM", "K_EULER", "PNDM", "KLMS")
@@ -15,6 +16,13 @@ DEFAULT_SCHEDULER: SchedulerName = "DPMSolverMultistep"
 MAX_SEED = 2**32 - 1
 ControlNetName = Literal["canny", "depth", "openpose"]
 LORA_SCALE_RANGE = (-2.0, 2.0)
+# The widest range of any model family; each model's family narrows it (services/inference.py):
+# SD 1.5 keeps the contract's 128 to 896, SDXL goes to 1536.
+MIN_SIZE = min(families.traits(name).min_size for name in families.names())
+MAX_SIZE = max(families.traits(name).max_size for name in families.names())
+SIZE_NOTE = ", ".join(
+    f"{families.traits(name).title} models to {families.traits(name).max_size}" for name in families.names()
+)
 
 
 class InferenceRequest(BaseModel):
@@ -25,8 +33,12 @@ class InferenceRequest(BaseModel):
     model_id: Text = Field(description="Id of an image model from /api/models")
     prompt: Prompt = Field(description="A1111 weighting syntax; longer than 77 tokens is fine")
     version: Text | None = Field(None, description="Model version; default the latest")
-    width: Int = Field(512, ge=128, le=896, multiple_of=8)
-    height: Int = Field(768, ge=128, le=896, multiple_of=8)
+    width: Int = Field(
+        512, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description=f"{SIZE_NOTE}; default 512 (SDXL: 1024)"
+    )
+    height: Int = Field(
+        768, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description=f"{SIZE_NOTE}; default 768 (SDXL: 1024)"
+    )
     negative_prompt: Prompt = ""
     use_default_neg: Bool = Field(True, description="Append the model's (or server's) default negative prompt")
     steps: Int = Field(30, ge=1, le=50, description="Number of inference steps")

@@ -14,6 +14,7 @@ from typing import Any
 
 from anyio import to_thread
 
+from daguerre.engine import families
 from daguerre.engine.jobs import (
     LCM_SCHEDULER,
     ControlNetJob,
@@ -77,6 +78,26 @@ def _pinned_loras(catalog: CatalogService, entries: list[dict[str, Any]]) -> tup
     return tuple(specs)
 
 
+def requested_size(request: InferenceRequest, model: ModelRecord) -> tuple[int, int]:
+    """The size a request renders: its own, or where it names none the model's default size
+    (option `default_size`, set with `models add --default-size`), else its family's (SDXL 1024x1024),
+    else the contract's 512x768."""
+    family = families.traits(model.family)
+    option = model.options.get("default_size")
+    default = tuple(option) if option else family.default_size or (request.width, request.height)
+    width = request.width if "width" in request.model_fields_set else int(default[0])
+    height = request.height if "height" in request.model_fields_set else int(default[1])
+    for name, value in (("width", width), ("height", height)):
+        if not family.min_size <= value <= family.max_size or value % family.size_multiple:
+            raise InvalidParameter.bad_value(
+                name,
+                value,
+                f"must be a multiple of {family.size_multiple} from {family.min_size} to {family.max_size} "
+                f"for model {model.id} ({family.title})",
+            )
+    return width, height
+
+
 def requested_steps(request: InferenceRequest) -> int:
     """The steps a request runs: its own, or LCM's default when lcm=true leaves them unset (the
     contract's default of 30 is for ordinary sampling). The price and the job both use this."""
@@ -117,6 +138,7 @@ def render_job(
     else:
         base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
         seeds = tuple(base_seed + i for i in range(request.num_images))
+    width, height = requested_size(request, model) if "width" not in pinned else (pinned["width"], pinned["height"])
     negative = request.negative_prompt
     if request.use_default_neg:
         negative = join_negative(negative, model.default_negative_prompt or settings.default_negative_prompt)
@@ -124,8 +146,8 @@ def render_job(
         model=model_spec(model, version),
         prompt=prompt,
         negative_prompt=pinned.get("negative_prompt", negative),
-        width=int(pinned.get("width", request.width)),
-        height=int(pinned.get("height", request.height)),
+        width=int(width),
+        height=int(height),
         steps=int(pinned.get("steps", steps)),
         guidance_scale=float(pinned.get("scale", scale)),
         scheduler=pinned.get("scheduler", scheduler),
@@ -179,7 +201,10 @@ class InferenceService(ServingModule):
         job, resolved = await to_thread.run_sync(
             lambda: render_job(self.catalog, self.settings, request, model, version, init_image=init_image)
         )
-        cost = image_cost(self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm)
+        reference = families.traits(model.family).reference_pixels
+        cost = image_cost(
+            self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm, reference
+        )
         params = params_document(request.model_dump(mode="json"), resolved)
         # The prepared image, so that a job queued before a restart runs on the same pixels.
         inputs = {}

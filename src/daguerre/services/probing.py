@@ -11,10 +11,14 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from daguerre.engine import families
+
 _SD1_UNET = "model.diffusion_model.input_blocks.0.0.weight"
 _SD1_CLIP = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 _SD2_CLIP = "cond_stage_model.model.token_embedding.weight"
-_SDXL = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+_SDXL_CLIP = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+_SDXL_OPEN_CLIP = "conditioner.embedders.1.model.token_embedding.weight"
+_SDXL_REFINER = "conditioner.embedders.0.model.token_embedding.weight"
 
 
 class UnsupportedModel(ValueError):
@@ -41,19 +45,26 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
         index = path / "model_index.json"
         if not index.exists():
             raise UnsupportedModel(f"{path} is a folder without model_index.json: not a diffusers pipeline")
-        pipeline = json.loads(index.read_text())["_class_name"]
-        if pipeline not in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"):
-            raise UnsupportedModel(f"{path} holds a {pipeline}; image models must be SD 1.x pipelines")
-        return CheckpointInfo("diffusers", "sd15")
+        pipeline = str(json.loads(index.read_text())["_class_name"]).replace("Img2Img", "")
+        found = families.by_pipeline_class(pipeline)
+        if found is None:
+            known = ", ".join(families.traits(name).pipeline_class for name in families.names())
+            raise UnsupportedModel(f"{path} holds a {pipeline}; image models are {known} folders")
+        return CheckpointInfo("diffusers", found.name)
     if path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
         raise UnsupportedModel(f"{path}: expected a .safetensors or .ckpt checkpoint, or a diffusers folder")
     keys = _keys(path)
-    if _SDXL in keys:
-        raise UnsupportedModel(f"{path} is an SDXL checkpoint; this server serves the SD 1.x family")
+    if _SDXL_REFINER in keys and _SDXL_CLIP not in keys:
+        raise UnsupportedModel(f"{path} is the SDXL refiner, which renders nothing alone; register an SDXL base model")
+    if _SDXL_CLIP in keys or _SDXL_OPEN_CLIP in keys:
+        # SDXL, Pony, Illustrious and NoobAI checkpoints all share SDXL's architecture and layout.
+        if _SD1_UNET not in keys or _SDXL_CLIP not in keys or _SDXL_OPEN_CLIP not in keys:
+            raise UnsupportedModel(f"{path} is not a whole SDXL checkpoint (UNet and both text encoders)")
+        return CheckpointInfo("single_file", "sdxl")
     if _SD2_CLIP in keys:
         raise UnsupportedModel(f"{path} is an SD 2.x checkpoint; this server serves the SD 1.x family")
     if _SD1_UNET not in keys or _SD1_CLIP not in keys:
-        raise UnsupportedModel(f"{path} is not an SD 1.x checkpoint in the A1111/Civitai layout")
+        raise UnsupportedModel(f"{path} is not an SD 1.x or SDXL checkpoint in the A1111/Civitai layout")
     return CheckpointInfo("single_file", "sd15")
 
 
@@ -98,7 +109,15 @@ _LORA_TENSOR_ENDINGS = (
     ".lora_linear_layer.up.weight",
     ".lora_magnitude_vector",
 )
-_LORA_PREFIXES = ("lora_unet_", "lora_te_", "unet.", "text_encoder.")
+_LORA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "unet.", "text_encoder.", "text_encoder_2.")
+# Names only SDXL LoRAs use: the second text encoder, and kohya's SGM-style UNet block names.
+_SDXL_LORA_MARKERS = (
+    "lora_te1_",
+    "lora_te2_",
+    "text_encoder_2.",
+    "lora_unet_input_blocks_",
+    "lora_unet_output_blocks_",
+)
 
 
 def inspect_lora(path: Path) -> CheckpointInfo:
@@ -112,9 +131,8 @@ def inspect_lora(path: Path) -> CheckpointInfo:
     if file.suffix != ".safetensors" or not file.exists():
         raise UnsupportedModel(f"{path}: expected a LoRA .safetensors file (or a diffusers LoRA folder)")
     keys = _keys(file)
-    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
-        raise UnsupportedModel(f"{path} is an SDXL LoRA; this server serves the SD 1.x family")
-    if any(k.startswith(("lora_unet_", "lora_te_")) for k in keys):
+    family = "sdxl" if any(k.startswith(_SDXL_LORA_MARKERS) for k in keys) else _lora_family_by_width(file, keys)
+    if any(k.startswith(("lora_unet_", "lora_te")) for k in keys):
         layout = "kohya"
     elif any(k.startswith(("unet.", "text_encoder.")) for k in keys):
         layout = "diffusers"
@@ -127,7 +145,24 @@ def inspect_lora(path: Path) -> CheckpointInfo:
             f"encoder that this server applies (e.g. {', '.join(foreign[:3])}); they would be dropped, so the "
             "file is refused (LyCORIS LoHa/LoKr and LoCon files are not supported)"
         )
-    return CheckpointInfo("diffusers" if path.is_dir() else "single_file", "sd15", {"layout": layout})
+    return CheckpointInfo("diffusers" if path.is_dir() else "single_file", family, {"layout": layout})
+
+
+# The width of the text a UNet's cross-attention reads: SD 1.x's CLIP ViT-L, SDXL's two encoders side by side.
+_CROSS_ATTENTION_WIDTHS = {768: "sd15", 2048: "sdxl"}
+
+
+def _lora_family_by_width(file: Path, keys: set[str]) -> str:
+    """The family of a UNet-only LoRA named like both families: from the width its cross-attention
+    key projections read (a down/A matrix is rank x input width). SD 1.x unless it says 2048."""
+    for key in sorted(keys):
+        if ("attn2" in key and "to_k" in key) and key.endswith(
+            ("lora_down.weight", "lora_A.weight", "lora.down.weight")
+        ):
+            with safe_open(str(file), framework="pt") as handle:
+                width = handle.get_slice(key).get_shape()[-1]
+            return _CROSS_ATTENTION_WIDTHS.get(width, "sd15")
+    return "sd15"
 
 
 def inspect_controlnet(path: Path) -> CheckpointInfo:
@@ -138,9 +173,8 @@ def inspect_controlnet(path: Path) -> CheckpointInfo:
     settings = json.loads(config.read_text())
     if settings.get("_class_name") != "ControlNetModel":
         raise UnsupportedModel(f"{path} holds a {settings.get('_class_name')}, not a ControlNetModel")
-    if settings.get("addition_embed_type") == "text_time":
-        raise UnsupportedModel(f"{path} is an SDXL ControlNet; this server serves the SD 1.x family")
-    return CheckpointInfo("diffusers", "sd15")
+    # SDXL's ControlNets take the pooled text and size conditioning, as its UNet does.
+    return CheckpointInfo("diffusers", "sdxl" if settings.get("addition_embed_type") == "text_time" else "sd15")
 
 
 def inspect_annotator(path: Path) -> CheckpointInfo:

@@ -16,6 +16,7 @@ from anyio import to_thread
 from PIL import Image
 from pydantic import ValidationError
 
+from daguerre.engine import families
 from daguerre.engine.jobs import HiresFixJob, Job, TextToImageJob, Tiling, UpscaleJob
 from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.inference import InferenceRequest
@@ -157,6 +158,7 @@ class UpscaleService(ServingModule):
             upscaler=model_spec(upscaler, upscaler.latest) if upscaler else None,
             tiling=self.tiling,
         )
+        reference = families.traits(render.model.family).reference_pixels
         resolved = {
             "source": key,
             "seed": seed,
@@ -166,7 +168,7 @@ class UpscaleService(ServingModule):
         }
         return _Plan(
             job=job,
-            cost=hires_fix_cost(self.settings.pricing, out_w, out_h, job.denoising_steps),
+            cost=hires_fix_cost(self.settings.pricing, out_w, out_h, job.denoising_steps, reference),
             model_id=source.model_id,
             version=render.model.version,
             width=out_w,
