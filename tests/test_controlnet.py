@@ -31,6 +31,8 @@ def test_canny_map_guides_the_image(controlnets: Api, engine: LocalEngine) -> No
     assert control.shape == (128, 128, 3) and set(np.unique(control)) == {0, 255}
     guided = api.fetch(body["images"][0])
     assert guided != api.fetch(api.infer(seed=6)["images"][0])
+    other_map = api.infer_with_image(png(photo(seed=9)), controlnet="canny", seed=6)
+    assert api.fetch(other_map["images"][0]) != guided  # the map steers, not the ControlNet's presence alone
     loads = engine.cache.loads
     # image_strength has no effect with a ControlNet; the same seed reproduces.
     again = api.infer_with_image(base, controlnet="canny", seed=6, image_strength=0.1)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import save_file
 
 from tests.support import ldm_layout
@@ -20,6 +21,21 @@ def export_single_file(pipeline_folder: Path, checkpoint: Path) -> Path:
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
     state = ldm_layout.to_ldm_state_dict(pipe.unet.state_dict(), pipe.vae.state_dict(), pipe.text_encoder.state_dict())
     save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
+    return checkpoint
+
+
+def export_sdxl_single_file(pipeline_folder: Path, checkpoint: Path) -> Path:
+    """Save a diffusers SDXL folder as one SGM-layout checkpoint, as SDXL, Pony and Illustrious
+    files are published: .safetensors, or a .ckpt pickle of {"state_dict": ...}."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(pipeline_folder, local_files_only=True)
+    state = ldm_layout.to_sgm_state_dict(
+        pipe.unet.state_dict(), pipe.vae.state_dict(), pipe.text_encoder.state_dict(), pipe.text_encoder_2.state_dict()
+    )
+    state = {k: v.contiguous() for k, v in state.items()}
+    if checkpoint.suffix == ".safetensors":
+        save_file(state, str(checkpoint))
+    else:
+        torch.save({"state_dict": state}, checkpoint)
     return checkpoint
 
 

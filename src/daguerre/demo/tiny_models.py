@@ -405,7 +405,13 @@ def build_tiny_controlnet(
     )
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
     torch.manual_seed(seed)
-    zero_convs = [*controlnet.controlnet_down_blocks.parameters(), *controlnet.controlnet_mid_block.parameters()]
+    # The zero convolutions, the map's way in (the conditioning embedding's last layer) included:
+    # left at zero, the ControlNet would ignore the control map.
+    zero_convs = [
+        *controlnet.controlnet_down_blocks.parameters(),
+        *controlnet.controlnet_mid_block.parameters(),
+        *controlnet.controlnet_cond_embedding.conv_out.parameters(),
+    ]
     _randomize(zero_convs, 0.05)
     controlnet.save_pretrained(target, safe_serialization=True)
     return target
