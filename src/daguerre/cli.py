@@ -197,6 +197,13 @@ def _frame_sizes(values: list[str]) -> dict[str, list[int]]:
     return sizes
 
 
+def _default_size(value: str) -> list[int]:
+    width, _, height = value.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()) or int(width) % 8 or int(height) % 8:
+        _fail(ValueError(f"--default-size {value!r}: expected WIDTHxHEIGHT in multiples of 8, e.g. 832x1216"))
+    return [int(width), int(height)]
+
+
 @models_app.command("add")
 def models_add(
     path: Annotated[
@@ -219,6 +226,12 @@ def models_add(
     default_scale: Annotated[float | None, typer.Option(help="Guidance scale when a request gives none")] = None,
     default_scheduler: Annotated[str | None, typer.Option(help="Scheduler when a request gives none")] = None,
     default_negative_prompt: Annotated[str | None, typer.Option(help="Appended when use_default_neg")] = None,
+    default_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Image size when a request gives none, e.g. 832x1216 (default: the family's; SDXL 1024x1024)"
+        ),
+    ] = None,
     cover_img: Annotated[str | None, typer.Option(help="Cover image URL")] = None,
     link: Annotated[str | None, typer.Option(help="Link to the model's page")] = None,
     tags: Annotated[list[str] | None, typer.Option("--tags", help="A tag; repeat for several")] = None,
@@ -240,7 +253,7 @@ def models_add(
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Register a model from local files or a URL (an SD 1.x image checkpoint by default); loaded offline."""
+    """Register a model from local files or a URL (an SD 1.5 or SDXL image checkpoint by default); loaded offline."""
     from daguerre.engine.loading.model_files import ModelFileError, ModelFiles, is_url
     from daguerre.engine.pipelines.schedulers import SCHEDULER_NAMES
     from daguerre.services.catalog import Format, Kind, NewModel
@@ -255,6 +268,10 @@ def models_add(
     if lcm and kind != "lora":
         _fail(ValueError("--lcm goes with --kind lora"))
     extra_options: dict[str, object] = {"controlnet": controlnet} if controlnet else {"lcm": True} if lcm else {}
+    if default_size is not None:
+        if kind != "checkpoint":
+            _fail(ValueError("--default-size goes with --kind checkpoint"))
+        extra_options["default_size"] = _default_size(default_size)
     if frame_size:
         if kind != "video":
             _fail(ValueError("--frame-size goes with --kind video"))

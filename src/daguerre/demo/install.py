@@ -65,6 +65,32 @@ def install_demo_model(settings: Settings, catalog: CatalogService) -> ModelReco
     )
 
 
+DEMO_XL_ID = "demo-xl"
+
+
+def install_demo_xl(settings: Settings, catalog: CatalogService) -> ModelRecord:
+    """Idempotent: builds and registers the demo SDXL model (native 1024x1024) only if absent."""
+    record = _registered(catalog, DEMO_XL_ID)
+    if record is not None:
+        return record
+    from daguerre.demo.tiny_models import build_demo_sdxl  # torch only when building
+
+    folder = settings.models_dir / "demo-sdxl"
+    if not (folder / "model_index.json").exists():
+        build_demo_sdxl(folder)
+    return catalog.add(
+        NewModel(
+            path=folder,
+            format=Format.DIFFUSERS,
+            id=DEMO_XL_ID,
+            version="1",
+            title="Demo SDXL (tiny random weights, built for CPU speed: draws noise)",
+            family="sdxl",
+            tags=DEMO_TAGS,
+        )
+    )
+
+
 def install_demo_upscalers(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:
     """Idempotent: builds and registers tiny x2 and x4 RRDBNet upscalers (ids demo-esrgan-x2 and
     demo-esrgan-x4) only if they are not there."""
@@ -295,6 +321,7 @@ def _load_torch(settings: Settings, catalog: CatalogService) -> None:
 DEMO_STEPS = [
     DemoStep("Loading PyTorch, diffusers and transformers", (), _load_torch),
     DemoStep("Building the image model (demo)", (DEMO_MODEL_ID,), install_demo_model),
+    DemoStep("Building the SDXL image model (demo-xl)", (DEMO_XL_ID,), install_demo_xl),
     DemoStep("Building the x2 and x4 upscalers", ("demo-esrgan-x2", "demo-esrgan-x4"), install_demo_upscalers),
     DemoStep(
         "Building the LoRA, the LCM-LoRA and the ControlNets",
