@@ -175,7 +175,7 @@ def clean(browser: BrowserRun, name: str) -> dict[str, Any]:
 def test_generate_shows_live_progress_then_the_images_with_their_seeds(browser: BrowserRun) -> None:
     seen = clean(browser, "generate")
     controls = seen["controls"]
-    assert controls["width"] == {"min": "128", "max": "896", "step": "8", "value": "512", "type": "number"}
+    assert controls["width"] == {"min": "128", "max": "1536", "step": "8", "value": "512", "type": "number"}
     assert controls["height"]["value"] == "768" and controls["steps"] == {
         "min": "1",
         "max": "50",

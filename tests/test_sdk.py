@@ -202,7 +202,7 @@ def test_jobs_lists_the_tokens_jobs_newest_first_a_page_at_a_time(client: Daguer
 def test_errors_are_typed_with_the_servers_message_and_field(live: Live, client: Daguerre) -> None:
     with pytest.raises(InvalidParameter) as bad:
         client.generate("demo", "p", width=130)
-    assert bad.value.field == "width" and "multiple of 8 from 128 to 896" in bad.value.message
+    assert bad.value.field == "width" and "multiple of 8 from 128 to 1536" in bad.value.message
     with pytest.raises(InvalidParameter) as bad:
         client.video("demo-t2v", "p", resolution="1080p")  # type: ignore[arg-type]  # what the server refuses
     assert bad.value.field == "resolution"

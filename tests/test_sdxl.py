@@ -136,3 +136,21 @@ def test_controlnet_lcm_and_hires_fix_run_on_sdxl(
     assert fast["error_code"] == 0 and decode(xl.images(fast)[0]).shape == (128, 128, 3), fast
     hires = xl.post("/api/upscale", inf_id=fast["inf_id"], url=fast["images"][0], type="hires_fix", strength="0.5")
     assert hires["error_code"] == 0, hires
+
+
+def test_models_add_recognises_sdxl_files_and_takes_a_default_size(sdxl_files: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from daguerre.cli import app
+    from daguerre.services.container import open_database
+
+    runner = CliRunner()
+    common = ["--title", "Pony-like", "--data-dir", str(tmp_path)]
+    added = runner.invoke(
+        app, ["models", "add", str(sdxl_files[".safetensors"]), "--id", "pony", "--default-size", "832x1216", *common]
+    )
+    assert added.exit_code == 0 and "single_file, sdxl" in added.output, added.output
+    model = open_database(Settings(data_dir=tmp_path)).catalog.get("pony")
+    assert (model.family, model.options["default_size"]) == ("sdxl", [832, 1216])
+    odd = runner.invoke(app, ["models", "add", str(sdxl_files[".ckpt"]), "--default-size", "830x1216", *common])
+    assert odd.exit_code == 1 and "multiples of 8" in odd.output

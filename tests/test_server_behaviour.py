@@ -100,5 +100,5 @@ def test_openapi_documents_the_contract(api: Api) -> None:
     body = spec["paths"]["/api/inference"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/x-www-form-urlencoded", "multipart/form-data", "application/json"}
     width = body["application/json"]["schema"]["properties"]["width"]
-    assert (width["default"], width["minimum"], width["maximum"], width["multipleOf"]) == (512, 128, 896, 8)
+    assert (width["default"], width["minimum"], width["maximum"], width["multipleOf"]) == (512, 128, 1536, 8)
     assert "ErrorResponse" in spec["components"]["schemas"]
