@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import (
-    ControlNetModel,
-    MotionAdapter,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionPipeline,
-)
+from diffusers import ControlNetModel, DiffusionPipeline, MotionAdapter, StableDiffusionPipeline
 
 from daguerre.demo.tiny_models import build_tiny_controlnet, build_tiny_motion_adapter
-from daguerre.engine.pipelines.sampling import derive
+from daguerre.engine.families import family
 from daguerre.engine.pipelines.video import animatediff_pipeline
 
 HALF = torch.bfloat16  # the half precision a CPU runs
@@ -29,20 +23,26 @@ def half_pipe(tiny_sd15: Path) -> StableDiffusionPipeline:
     return StableDiffusionPipeline.from_pretrained(tiny_sd15, dtype=HALF, local_files_only=True)
 
 
-def dtypes(pipe: StableDiffusionPipeline) -> set[torch.dtype]:
+def dtypes(pipe: DiffusionPipeline) -> set[torch.dtype]:
     return {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype}
 
 
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
 def test_img2img_and_controlnet_share_the_modules_without_casting(
-    half_pipe: StableDiffusionPipeline, tiny_sd15: Path, tmp_path: Path
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    controlnet = ControlNetModel.from_pretrained(build_tiny_controlnet(tiny_sd15, tmp_path / "cn"), dtype=HALF)
-    for derived in (
-        derive(half_pipe, StableDiffusionImg2ImgPipeline),
-        derive(half_pipe, StableDiffusionControlNetPipeline, controlnet=controlnet),
-    ):
-        assert derived.unet is half_pipe.unet and derived.vae is half_pipe.vae
-        assert dtypes(half_pipe) == {HALF}
+    model: Path = request.getfixturevalue(f"tiny_{name}")
+    models = family(name)
+    pipe = models.text_to_image.from_pretrained(model, dtype=HALF, local_files_only=True, **models.options)
+    controlnet = ControlNetModel.from_pretrained(build_tiny_controlnet(model, tmp_path / "cn"), dtype=HALF)
+    derived = {
+        "image_to_image": models.derive(pipe, "image_to_image"),
+        "controlnet": models.derive(pipe, "controlnet", controlnet=controlnet),
+    }
+    for task, built in derived.items():
+        assert isinstance(built, models.tasks[task])
+        assert built.unet is pipe.unet and built.vae is pipe.vae and built.text_encoder is pipe.text_encoder
+        assert dtypes(pipe) == {HALF}
 
 
 def test_animatediff_leaves_the_image_pipeline_in_its_dtype(half_pipe: StableDiffusionPipeline, tmp_path: Path) -> None:
