@@ -124,7 +124,10 @@ def test_serve_prints_the_url_and_a_working_demo_token(server: tuple[str, str]) 
     url, token = server
     models = httpx.post(f"{url}/api/models", data={"access_token": token}).json()
     assert models["error_code"] == 0
-    assert [m["id"] for m in models["models"]] == ["demo"]
+    assert [m["id"] for m in models["models"]] == ["demo", "demo-xl"]
+    sizes = {m["id"]: m["sizes"] for m in models["models"]}
+    assert sizes["demo"] == {"min": 128, "max": 896, "multiple_of": 8, "default": [512, 768]}
+    assert sizes["demo-xl"] == {"min": 128, "max": 1536, "multiple_of": 8, "default": [1024, 1024]}
     answer = httpx.post(
         f"{url}/api/inference",
         data={

@@ -175,7 +175,7 @@ def clean(browser: BrowserRun, name: str) -> dict[str, Any]:
 def test_generate_shows_live_progress_then_the_images_with_their_seeds(browser: BrowserRun) -> None:
     seen = clean(browser, "generate")
     controls = seen["controls"]
-    assert controls["width"] == {"min": "128", "max": "1536", "step": "8", "value": "512", "type": "number"}
+    assert controls["width"] == {"min": "128", "max": "896", "step": "8", "value": "512", "type": "number"}
     assert controls["height"]["value"] == "768" and controls["steps"] == {
         "min": "1",
         "max": "50",
@@ -188,7 +188,10 @@ def test_generate_shows_live_progress_then_the_images_with_their_seeds(browser: 
     assert controls["image_strength"]["value"] == "0.75" and controls["lora_scale"]["value"] == "0.75"
     assert controls["schedulers"] == ["", "DPMSolverMultistep", "K_EULER_ANCESTRAL", "DDIM", "K_EULER", "PNDM", "KLMS"]
     assert controls["controlnets"] == ["", "canny", "depth", "openpose"]
-    assert controls["models"] == ["demo"] and controls["loras"] == ["", "demo-lora", "demo-lcm-lora"]
+    (xl_max, xl_width), xl_presets = seen["xl_sizes"]
+    assert (xl_max, xl_width) == ("1536", "1024") and "1024 × 1024 (default)" in xl_presets
+    assert seen["sd15_sizes"] == ["896", "512"]
+    assert controls["models"] == ["demo", "demo-xl"] and controls["loras"] == ["", "demo-lora", "demo-lcm-lora"]
     assert controls["presets"][0] == "128 × 128 (smallest, fastest)" and "512 × 768 (default)" in controls["presets"]
 
     assert seen["state"] == "done" and seen["states"][-1] == "done"

@@ -152,7 +152,7 @@ def test_text_and_image_to_video(client: Daguerre) -> None:
 
 def test_models_lists_images_loras_and_video_models(client: Daguerre) -> None:
     catalog = client.models()
-    assert [model.id for model in catalog.models] == ["demo"]
+    assert [model.id for model in catalog.models] == ["demo", "demo-xl"]
     assert "demo-lora" in [lora.id for lora in catalog.loras]
     assert {"demo-t2v", "demo-i2v"} <= {model.id for model in catalog.video_models}
     assert catalog.models[0].versions and catalog.models[0].base_model == "sd15"

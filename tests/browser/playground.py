@@ -197,6 +197,12 @@ def scenario_generate(session: Session) -> dict[str, Any]:
                      presets: [...document.querySelectorAll("#size-presets button")].map((b) => b.textContent) };
         }"""
     )
+    # An SDXL model: its own size range and default (from /api/models), then back to SD 1.5's.
+    page.locator("input[name=model_id][value='demo-xl']").check()
+    read_size = "() => { const w = document.getElementById('img-width'); return [w.max, w.value]; }"
+    xl_sizes = [page.evaluate(read_size), page.locator("#size-presets button").all_inner_texts()]
+    page.locator("input[name=model_id][value='demo']").check()
+    sd15_sizes = page.evaluate(read_size)
     credits_before = balance(page)
     page.locator("#img-seed").fill("42")
     job = image_job(page, "a (lighthouse:1.2) at dusk", steps=8, images=2)
@@ -216,6 +222,8 @@ def scenario_generate(session: Session) -> dict[str, Any]:
     session.screenshot(page, "done")
     return {
         "controls": controls,
+        "xl_sizes": xl_sizes,
+        "sd15_sizes": sd15_sizes,
         "state": state,
         "inf_id": inf_id,
         "status": status,

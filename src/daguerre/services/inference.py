@@ -42,6 +42,11 @@ from daguerre.services.serving import ServingModule
 from daguerre.services.uploads import prepare_image
 from daguerre.settings import Settings
 
+# The contract's default size, for families that keep it (SD 1.5).
+CONTRACT_SIZE = (
+    InferenceRequest.model_fields["width"].get_default(),
+    InferenceRequest.model_fields["height"].get_default(),
+)
 # lcm=true: steps and guidance suited to an LCM-LoRA, used when the request gives none (the
 # model's default scale is for ordinary sampling, so it does not apply).
 LCM_STEPS = 6
@@ -78,22 +83,29 @@ def _pinned_loras(catalog: CatalogService, entries: list[dict[str, Any]]) -> tup
     return tuple(specs)
 
 
-def requested_size(request: InferenceRequest, model: ModelRecord) -> tuple[int, int]:
-    """The size a request renders: its own, or where it names none the model's default size
-    (option `default_size`, set with `models add --default-size`), else its family's (SDXL 1024x1024),
-    else the contract's 512x768."""
+def model_sizes(model: ModelRecord) -> dict[str, Any]:
+    """The sizes an image model renders: its family's range, and the size it renders when a request
+    names none (the model's `default_size` option, set with `models add --default-size`, else its
+    family's: SDXL 1024x1024, else the contract's 512x768). /api/models lists them as `sizes`."""
     family = families.traits(model.family)
     option = model.options.get("default_size")
-    default = tuple(option) if option else family.default_size or (request.width, request.height)
-    width = request.width if "width" in request.model_fields_set else int(default[0])
-    height = request.height if "height" in request.model_fields_set else int(default[1])
+    default = list(option) if option else list(family.default_size or CONTRACT_SIZE)
+    return {"min": family.min_size, "max": family.max_size, "multiple_of": family.size_multiple, "default": default}
+
+
+def requested_size(request: InferenceRequest, model: ModelRecord) -> tuple[int, int]:
+    """The size a request renders: its own, or the model's default where it names none; each
+    side checked against the model's family."""
+    sizes = model_sizes(model)
+    width = request.width if "width" in request.model_fields_set else int(sizes["default"][0])
+    height = request.height if "height" in request.model_fields_set else int(sizes["default"][1])
     for name, value in (("width", width), ("height", height)):
-        if not family.min_size <= value <= family.max_size or value % family.size_multiple:
+        if not sizes["min"] <= value <= sizes["max"] or value % sizes["multiple_of"]:
             raise InvalidParameter.bad_value(
                 name,
                 value,
-                f"must be a multiple of {family.size_multiple} from {family.min_size} to {family.max_size} "
-                f"for model {model.id} ({family.title})",
+                f"must be a multiple of {sizes['multiple_of']} from {sizes['min']} to {sizes['max']} "
+                f"for model {model.id} ({families.traits(model.family).title})",
             )
     return width, height
 

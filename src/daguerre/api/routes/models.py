@@ -7,6 +7,7 @@ from daguerre.api.dependencies import read_request, services
 from daguerre.api.openapi import ERROR_RESPONSES, form_body
 from daguerre.protocol.models import ModelEntry, ModelsRequest, ModelsResponse
 from daguerre.services.catalog import Kind, ModelRecord
+from daguerre.services.inference import model_sizes
 
 router = APIRouter()
 
@@ -41,6 +42,6 @@ async def models(request: Request) -> ModelsResponse:
     loras = await to_thread.run_sync(catalog.list, Kind.LORA)
     videos = await to_thread.run_sync(services(request).video.listing)
     video_models = [ModelEntry(**{**entry(m).model_dump(), **extra}) for m, extra in videos]
-    return ModelsResponse(
-        models=[entry(m) for m in checkpoints], loras=[entry(m) for m in loras], video_models=video_models
-    )
+    # `sizes` (an addition): the range and default size of each image model, by its family.
+    images = [ModelEntry(**{**entry(m).model_dump(), "sizes": model_sizes(m)}) for m in checkpoints]
+    return ModelsResponse(models=images, loras=[entry(m) for m in loras], video_models=video_models)

@@ -7,14 +7,17 @@ import { applySchema, loadDocument, syncOutput, unwrap } from "./schema.js";
 
 const HISTORY_PAGE = 8;
 const THEME_KEY = "daguerre.theme";
-// Shapes offered as one-click sizes; each is shown only if the server's width and height ranges
-// (from the OpenAPI document) allow it. The smallest size the server allows is always offered.
+// Shapes offered as one-click sizes; each is shown only if the selected model's sizes (its family's,
+// from /api/models; else the OpenAPI document's ranges) allow it. The smallest is always offered.
 const SIZE_SHAPES = [
   [512, 512],
   [512, 768],
   [768, 512],
   [640, 640],
   [768, 768],
+  [1024, 1024],
+  [832, 1216],
+  [1216, 832],
 ];
 // Fields the page sets itself rather than through a control.
 const PAGE_FIELDS = new Set(["access_token", "async", "webhook_url", "inf_id", "url", "image_url"]);
@@ -222,7 +225,10 @@ function buildModels() {
   } else {
     gallery.replaceChildren(...catalog.models.map((model, index) => modelCard(model, index === 0)));
   }
-  gallery.addEventListener("change", showVersions);
+  gallery.addEventListener("change", () => {
+    showVersions();
+    showSizes();
+  });
   showVersions();
   const lora = $("img-lora");
   lora.replaceChildren(h("option", { value: "" }, "None"), ...catalog.loras.map((entry) => h("option", { value: entry.id }, entry.title || entry.id)));
@@ -232,23 +238,45 @@ function sizeProperty(name) {
   return unwrap(schemas[forms.image.id].properties[name]);
 }
 
-function sizePresets() {
+// The selected model's sizes, or the API's when /api/models gives none.
+function sizeLimits() {
+  const id = forms.image.elements.namedItem("model_id").value;
+  const sizes = catalog.models.find((entry) => entry.id === id)?.sizes;
+  if (sizes) return sizes;
   const width = sizeProperty("width");
   const height = sizeProperty("height");
-  const fits = ([w, h], property) => w >= property.minimum && w <= property.maximum && w % (property.multipleOf ?? 1) === 0;
-  const smallest = [width.minimum, height.minimum];
-  const shapes = [smallest, ...SIZE_SHAPES].filter(([w, hh]) => fits([w], width) && fits([hh], height));
-  const container = $("size-presets");
-  container.replaceChildren(
+  return { min: width.minimum, max: width.maximum, multiple_of: width.multipleOf ?? 1, default: [width.default, height.default] };
+}
+
+function showSizes() {
+  const limits = sizeLimits();
+  for (const [index, name] of ["width", "height"].entries()) {
+    const input = forms.image.elements.namedItem(name);
+    input.min = String(limits.min);
+    input.max = String(limits.max);
+    // Untouched, the field is not sent and the server renders the model's default size.
+    input.dataset.default = String(limits.default[index]);
+    if (!input.dataset.touched || Number(input.value) > limits.max) {
+      input.value = String(limits.default[index]);
+      input.dataset.touched = "";
+    }
+  }
+  const fits = (side) => side >= limits.min && side <= limits.max && side % limits.multiple_of === 0;
+  const shapes = [[limits.min, limits.min], ...SIZE_SHAPES].filter(([w, hh]) => fits(w) && fits(hh));
+  $("size-presets").replaceChildren(
     ...shapes.map(([w, hh], index) => {
       const notes = [];
       if (index === 0) notes.push("smallest, fastest");
-      if (w === width.default && hh === height.default) notes.push("default");
+      if (w === limits.default[0] && hh === limits.default[1]) notes.push("default");
       const label = `${w} × ${hh}${notes.length ? ` (${notes.join(", ")})` : ""}`;
       return h("button", { type: "button", className: "secondary", dataset: { width: w, height: hh }, "aria-pressed": "false" }, label);
     }),
   );
-  container.addEventListener("click", (event) => {
+  markPreset();
+}
+
+function sizePresets() {
+  $("size-presets").addEventListener("click", (event) => {
     const button = event.target.closest("button");
     if (!button) return;
     for (const [name, value] of [["width", button.dataset.width], ["height", button.dataset.height]]) {
@@ -260,7 +288,7 @@ function sizePresets() {
   });
   forms.image.elements.namedItem("width").addEventListener("input", markPreset);
   forms.image.elements.namedItem("height").addEventListener("input", markPreset);
-  markPreset();
+  showSizes();
 }
 
 function markPreset() {
