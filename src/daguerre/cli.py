@@ -226,6 +226,12 @@ def models_add(
     default_scale: Annotated[float | None, typer.Option(help="Guidance scale when a request gives none")] = None,
     default_scheduler: Annotated[str | None, typer.Option(help="Scheduler when a request gives none")] = None,
     default_negative_prompt: Annotated[str | None, typer.Option(help="Appended when use_default_neg")] = None,
+    karras: Annotated[
+        bool, typer.Option("--karras", help="Karras sigmas by default (DPMSolverMultistep, K_EULER, KLMS)")
+    ] = False,
+    clip_skip: Annotated[
+        int | None, typer.Option(min=1, max=12, help="A1111's clip skip by default (2: the penultimate layer)")
+    ] = None,
     default_size: Annotated[
         str | None,
         typer.Option(
@@ -256,11 +262,16 @@ def models_add(
     """Register a model from local files or a URL (an SD 1.5 or SDXL image checkpoint by default); loaded offline."""
     from daguerre.engine.loading.model_files import ModelFileError, ModelFiles, is_url
     from daguerre.engine.pipelines.schedulers import SCHEDULER_NAMES
+    from daguerre.protocol.inference import SAMPLER_ALIASES
     from daguerre.services.catalog import Format, Kind, NewModel
     from daguerre.services.probing import UnsupportedModel, inspect_model
 
+    if default_scheduler in SAMPLER_ALIASES:  # an A1111 sampler name: its scheduler, and Karras if it says so
+        default_scheduler, named_karras = SAMPLER_ALIASES[default_scheduler]
+        karras = karras or named_karras
     if default_scheduler is not None and default_scheduler not in SCHEDULER_NAMES:
-        _fail(ValueError(f"--default-scheduler must be one of {', '.join(SCHEDULER_NAMES)}"))
+        names = [*SCHEDULER_NAMES, *SAMPLER_ALIASES]
+        _fail(ValueError(f"--default-scheduler must be one of {', '.join(names)}"))
     if default_scale is not None and not 1 <= default_scale <= 20:
         _fail(ValueError("--default-scale must be from 1 to 20"))
     if (kind == "controlnet") != (controlnet is not None) or controlnet not in (None, "canny", "depth", "openpose"):
@@ -272,6 +283,12 @@ def models_add(
         if kind != "checkpoint":
             _fail(ValueError("--default-size goes with --kind checkpoint"))
         extra_options["default_size"] = _default_size(default_size)
+    if (karras or clip_skip is not None) and kind != "checkpoint":
+        _fail(ValueError("--karras and --clip-skip go with --kind checkpoint"))
+    if karras:
+        extra_options["karras"] = True
+    if clip_skip is not None:
+        extra_options["clip_skip"] = clip_skip
     if frame_size:
         if kind != "video":
             _fail(ValueError("--frame-size goes with --kind video"))

@@ -58,6 +58,8 @@ class TextToImageJob:
     scheduler: str  # a contract scheduler name, or "LCM" for LCM sampling
     seeds: tuple[int, ...]
     loras: tuple[LoraSpec, ...] = ()
+    karras: bool = False  # Karras sigmas for the scheduler (schedulers.py)
+    clip_skip: int = 1  # A1111's: 2 reads the text encoder's penultimate layer
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from daguerre.engine import families
 from daguerre.protocol.fields import Bool, Int, Prompt, Text
@@ -14,6 +14,21 @@ SchedulerName = Literal["DPMSolverMultistep", "K_EULER_ANCESTRAL", "DDIM", "K_EU
 DEFAULT_SCALE = 7.5
 DEFAULT_SCHEDULER: SchedulerName = "DPMSolverMultistep"
 MAX_SEED = 2**32 - 1
+# A1111's sampler names, accepted for `scheduler` (an addition): the contract's scheduler each
+# means, and whether it asks for Karras sigmas. DDIM is the same name in both.
+SAMPLER_ALIASES: dict[str, tuple[SchedulerName, bool]] = {
+    "DPM++ 2M": ("DPMSolverMultistep", False),
+    "DPM++ 2M Karras": ("DPMSolverMultistep", True),
+    "Euler a": ("K_EULER_ANCESTRAL", False),
+    "Euler": ("K_EULER", False),
+    "Euler Karras": ("K_EULER", True),
+    "PLMS": ("PNDM", False),
+    "LMS": ("KLMS", False),
+    "LMS Karras": ("KLMS", True),
+}
+# The schedulers whose diffusers class can space its steps by Karras et al.'s sigmas.
+KARRAS_SCHEDULERS: tuple[SchedulerName, ...] = ("DPMSolverMultistep", "K_EULER", "KLMS")
+MAX_CLIP_SKIP = 12
 ControlNetName = Literal["canny", "depth", "openpose"]
 LORA_SCALE_RANGE = (-2.0, 2.0)
 # The widest range of any model family; each model's family narrows it (services/inference.py):
@@ -45,7 +60,21 @@ class InferenceRequest(BaseModel):
     scale: float | None = Field(None, ge=1, le=20, description="Guidance scale; default the model's, else 7.5")
     num_images: Int = Field(4, ge=1, description="Upper bound: the max_num_images setting")
     seed: Int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i")
-    scheduler: SchedulerName | None = Field(None, description="Default the model's, else DPMSolverMultistep")
+    scheduler: SchedulerName | None = Field(
+        None,
+        description="Default the model's, else DPMSolverMultistep; A1111 sampler names (DPM++ 2M Karras, Euler a, "
+        "...) are accepted too",
+    )
+    karras: Bool | None = Field(
+        None,
+        description="Karras noise schedule (DPMSolverMultistep, K_EULER, KLMS); default the model's, else false",
+    )
+    clip_skip: Int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CLIP_SKIP,
+        description="A1111's clip skip: 2 reads the text encoder's penultimate layer; default the model's, else 1",
+    )
     lora: Text | None = Field(
         None,
         description="Id of a LoRA from /api/models; several: ids separated by commas. <lora:id:weight> "
@@ -66,6 +95,20 @@ class InferenceRequest(BaseModel):
     controlnet_preprocess: Bool = Field(
         True, description="false: init_image_file is a ready-made control map, used as sent (after resizing)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_alias(cls, data: object) -> object:
+        """An A1111 sampler name becomes its scheduler, with Karras when the name says so and the
+        request does not say otherwise."""
+        if isinstance(data, dict) and isinstance(data.get("scheduler"), str):
+            alias = SAMPLER_ALIASES.get(data["scheduler"].strip())
+            if alias is not None:
+                scheduler, karras = alias
+                data = {**data, "scheduler": scheduler}
+                if karras and data.get("karras") in (None, ""):
+                    data["karras"] = True
+        return data
 
 
 class InferenceResponse(BaseModel):

@@ -28,6 +28,7 @@ from daguerre.errors import DaguerreError, InvalidParameter, NotFound
 from daguerre.protocol.inference import (
     DEFAULT_SCALE,
     DEFAULT_SCHEDULER,
+    KARRAS_SCHEDULERS,
     MAX_SEED,
     InferenceRequest,
     InferenceResponse,
@@ -110,6 +111,19 @@ def requested_size(request: InferenceRequest, model: ModelRecord) -> tuple[int, 
     return width, height
 
 
+def _karras(request: InferenceRequest, model: ModelRecord, scheduler: str) -> bool:
+    """Karras sigmas: the request's choice, else the model's (`models add --karras`), for the
+    schedulers that have them; a request asking them of another scheduler is refused, a model's
+    setting simply does not apply there (as A1111's Karras samplers are a subset)."""
+    if request.karras is not None:
+        if request.karras and scheduler not in KARRAS_SCHEDULERS:
+            raise InvalidParameter.bad_value(
+                "karras", "true", f"Karras sigmas go with {', '.join(KARRAS_SCHEDULERS)}, not {scheduler}"
+            )
+        return request.karras
+    return bool(model.options.get("karras")) and scheduler in KARRAS_SCHEDULERS
+
+
 def requested_steps(request: InferenceRequest) -> int:
     """The steps a request runs: its own, or LCM's default when lcm=true leaves them unset (the
     contract's default of 30 is for ordinary sampling). The price and the job both use this."""
@@ -145,6 +159,9 @@ def render_job(
     else:
         scale = request.scale if request.scale is not None else (model.default_scale or DEFAULT_SCALE)
         scheduler = request.scheduler or model.default_scheduler or DEFAULT_SCHEDULER
+    scheduler = pinned.get("scheduler", scheduler)
+    karras = bool(pinned.get("karras", _karras(request, model, scheduler)))
+    clip_skip = int(pinned.get("clip_skip", request.clip_skip or model.options.get("clip_skip", 1)))
     if "seeds" in pinned:
         seeds = tuple(int(seed) for seed in pinned["seeds"])
     else:
@@ -162,9 +179,11 @@ def render_job(
         height=int(height),
         steps=int(pinned.get("steps", steps)),
         guidance_scale=float(pinned.get("scale", scale)),
-        scheduler=pinned.get("scheduler", scheduler),
+        scheduler=scheduler,
         seeds=seeds,
         loras=loras,
+        karras=karras,
+        clip_skip=clip_skip,
     )
     resolved: dict[str, Any] = {
         "seeds": list(job.seeds),
@@ -173,6 +192,8 @@ def render_job(
         "steps": job.steps,
         "scale": job.guidance_scale,
         "scheduler": job.scheduler,
+        "karras": job.karras,
+        "clip_skip": job.clip_skip,
         "negative_prompt": job.negative_prompt,
         "loras": [{"id": lora.id, "version": lora.version, "weight": lora.weight} for lora in job.loras],
     }

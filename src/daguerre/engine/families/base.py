@@ -73,5 +73,6 @@ class ImageFamily(ABC):
         return derived
 
     @abstractmethod
-    def condition(self, pipe: DiffusionPipeline, prompt: str, negative_prompt: str) -> Conditioning:
-        """Encode a prompt pair, A1111 weighting and long prompts included."""
+    def condition(self, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, clip_skip: int = 1) -> Conditioning:
+        """Encode a prompt pair, A1111 weighting and long prompts included; `clip_skip` as A1111
+        means it (2: the text encoder's penultimate layer)."""

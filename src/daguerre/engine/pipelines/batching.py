@@ -3,10 +3,10 @@
 Jobs share a pass when everything the pass computes with is the same but the per-image inputs:
 the model version, the LoRAs and their weights (fused into the weights), the task (text-to-image,
 or image-to-image at one strength, which fixes the timesteps), the size, the steps, the scheduler
-and the guidance scale. Prompts of any chunk count, negative prompts, seeds, `num_images` and
-init images may differ. ControlNet, hires fix, upscale and video jobs run alone, as do
-image-to-image jobs that run no denoising step; strength 1 is text-to-image (see
-image_to_image.py) and batches with it.
+(with or without Karras sigmas) and the guidance scale. Prompts of any chunk count, negative
+prompts, clip skips, seeds, `num_images` and init images may differ. ControlNet, hires fix,
+upscale and video jobs run alone, as do image-to-image jobs that run no denoising step; strength 1
+is text-to-image (see image_to_image.py) and batches with it.
 
 Each image keeps its own generator, so it is the image its job renders alone, within the rounding
 of batched arithmetic (README, "Seeds").
@@ -48,7 +48,7 @@ def batch_key(job: Job) -> Hashable | None:
     if isinstance(job, ImageToImageJob) and unchanged(job):
         return None
     task = ("image", job.strength) if isinstance(job, ImageToImageJob) and _from_image(job) else "text"
-    return (task, job.model, job.loras, job.width, job.height, job.steps, job.guidance_scale, job.scheduler)
+    return (task, job.model, job.loras, job.width, job.height, job.steps, job.guidance_scale, job.scheduler, job.karras)
 
 
 def images_of(job: Job) -> int:

@@ -45,7 +45,7 @@ def step_callback(progress: ReportProgress | None) -> StepEnd | None:
 
 
 def condition(pipe: DiffusionPipeline, job: TextToImageJob) -> Conditioning:
-    return of_pipeline(pipe).condition(pipe, job.prompt, job.negative_prompt)
+    return of_pipeline(pipe).condition(pipe, job.prompt, job.negative_prompt, job.clip_skip)
 
 
 def _stack(
@@ -111,7 +111,7 @@ def sample_batch(
         name: [value for value, count in zip(values, counts, strict=True) for _ in range(count)]
         for name, values in (per_image or {}).items()
     }
-    task.scheduler = schedulers.get(first.scheduler)
+    task.scheduler = schedulers.get(first.scheduler, first.karras)
     with _cross_attention_mask(task.unet, mask):
         # diffusers' pipeline calls are untyped; with output_type="np" they give an (N, H, W, 3) array.
         images: np.ndarray = cast(Callable[..., Any], task)(

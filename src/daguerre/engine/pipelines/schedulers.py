@@ -9,6 +9,10 @@
 | KLMS               | LMS             | LMSDiscreteScheduler                                 |
 | (lcm=true)         | LCM             | LCMScheduler, only with an LCM-LoRA loaded           |
 
+With `karras` (a request's, or the model's), DPMSolverMultistep, K_EULER and KLMS space their steps
+by Karras et al.'s sigmas (`use_karras_sigmas=True`), as A1111's "DPM++ 2M Karras" and "LMS
+Karras" do; the other classes have no such option.
+
 Each job gets a fresh scheduler built from the model's own scheduler config (its betas and
 prediction type), so switching schedulers never reloads anything and jobs never share state.
 """
@@ -45,11 +49,13 @@ _SCHEDULERS: dict[str, tuple[type[ConfigMixin], dict[str, Any]]] = {
 SCHEDULER_NAMES = tuple(name for name in _SCHEDULERS if name != LCM_SCHEDULER)
 
 
-def make_scheduler(name: str, base_config: Any) -> SchedulerMixin:
+def make_scheduler(name: str, base_config: Any, karras: bool = False) -> SchedulerMixin:
     try:
         cls, overrides = _SCHEDULERS[name]
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(_SCHEDULERS)}") from None
+    if karras:
+        overrides = {**overrides, "use_karras_sigmas": True}
     # from_config gives the instance alone unless asked for the unused kwargs too.
     return cast(SchedulerMixin, cls.from_config(base_config, **overrides))
 
@@ -62,9 +68,9 @@ class Schedulers:
 
     def __init__(self, base_config: Any) -> None:
         self.config = dict(base_config)
-        self._built: dict[str, SchedulerMixin] = {}
+        self._built: dict[tuple[str, bool], SchedulerMixin] = {}
 
-    def get(self, name: str) -> SchedulerMixin:
-        if name not in self._built:
-            self._built[name] = make_scheduler(name, self.config)
-        return self._built[name]
+    def get(self, name: str, karras: bool = False) -> SchedulerMixin:
+        if (name, karras) not in self._built:
+            self._built[name, karras] = make_scheduler(name, self.config, karras)
+        return self._built[name, karras]

@@ -87,10 +87,21 @@ def apply_weights(hidden: torch.Tensor, weights: list[list[float]]) -> torch.Ten
 
 @torch.no_grad()
 def encode_chunks(
-    chunks: list[Chunk], tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, device: torch.device
+    chunks: list[Chunk],
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    device: torch.device,
+    clip_skip: int = 1,
 ) -> torch.Tensor:
+    """(1, 77 x chunks, dim). With clip_skip n > 1, as A1111: the hidden state n layers from the
+    end, through the encoder's final layer norm (which the last layer's output already went through)."""
     ids, weights = chunk_ids(chunks, tokenizer)
-    hidden: torch.Tensor = text_encoder(torch.tensor(ids, device=device))[0]  # (chunks, 77, dim), last hidden state
+    output = text_encoder(torch.tensor(ids, device=device), output_hidden_states=clip_skip > 1)
+    hidden: torch.Tensor = output[0]  # (chunks, 77, dim), last hidden state
+    if clip_skip > 1:
+        # transformers >= 5.6 flattened CLIPTextModel; older versions keep the `text_model` level.
+        model = getattr(text_encoder, "text_model", text_encoder)
+        hidden = model.final_layer_norm(output.hidden_states[-clip_skip])
     return apply_weights(hidden, weights)
 
 
@@ -150,9 +161,10 @@ def encode_prompt_pair(
     tokenizer: CLIPTokenizer,
     text_encoder: CLIPTextModel,
     device: torch.device,
+    clip_skip: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     positive, negative = chunk_pair(tokenizer, prompt, negative_prompt)
     return (
-        encode_chunks(positive, tokenizer, text_encoder, device),
-        encode_chunks(negative, tokenizer, text_encoder, device),
+        encode_chunks(positive, tokenizer, text_encoder, device, clip_skip),
+        encode_chunks(negative, tokenizer, text_encoder, device, clip_skip),
     )

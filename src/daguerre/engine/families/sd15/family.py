@@ -28,10 +28,10 @@ class SD15(ImageFamily):
     tokenizers: ClassVar[dict[str, str]] = {"tokenizer": EOS}
     lora_components = ("unet", "text_encoder")
 
-    def condition(self, pipe: DiffusionPipeline, prompt: str, negative_prompt: str) -> Conditioning:
+    def condition(self, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, clip_skip: int = 1) -> Conditioning:
         # The text encoder's own device: `pipe.device` walks every module of every component.
         positive, negative = encode_prompt_pair(
-            prompt, negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.text_encoder.device
+            prompt, negative_prompt, pipe.tokenizer, pipe.text_encoder, pipe.text_encoder.device, clip_skip
         )
         return Conditioning(positive, negative)
 
