@@ -1,0 +1,112 @@
+"""What A1111 users carry: Karras noise schedules and A1111's sampler names, and clip skip, per
+request and per model, on both families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from daguerre.engine.diffusers_classes import (
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+)
+from daguerre.engine.families import family
+from daguerre.engine.jobs import ModelSpec, TextToImageJob
+from daguerre.engine.pipelines.schedulers import Schedulers
+from daguerre.services.catalog import Format, NewModel
+from tests.support.api import Api, RecordingEngine, register
+
+# Each Karras-capable scheduler and diffusers' own class with its settings, as A1111 names them.
+KARRAS = {
+    "DPMSolverMultistep": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "K_EULER": (EulerDiscreteScheduler, {}),
+    "KLMS": (LMSDiscreteScheduler, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(KARRAS))
+def test_karras_sigmas_are_diffusers_own(name: str, tiny_sd15: Path) -> None:
+    config = PNDMScheduler.load_config(tiny_sd15 / "scheduler")
+    cls, overrides = KARRAS[name]
+    theirs = cls.from_config(config, **overrides, use_karras_sigmas=True)
+    ours, plain = Schedulers(config).get(name, karras=True), Schedulers(config).get(name)
+    for scheduler in (theirs, ours, plain):
+        scheduler.set_timesteps(12)
+    assert torch.equal(ours.sigmas, theirs.sigmas)
+    assert not torch.allclose(ours.sigmas, plain.sigmas)  # Karras spacing is another schedule
+
+
+def test_karras_and_sampler_names_through_the_api(api: Api) -> None:
+    def image(**fields: object) -> bytes:
+        body = api.infer(seed=7, steps=6, **fields)
+        assert body["error_code"] == 0, body
+        return api.images(body)[0]
+
+    plain = image(scheduler="DPMSolverMultistep")
+    karras = image(scheduler="DPMSolverMultistep", karras="true")
+    assert karras != plain
+    assert image(scheduler="DPM++ 2M Karras") == karras
+    assert image(scheduler="DPM++ 2M") == plain == image(scheduler="DPM++ 2M Karras", karras="false")
+    assert image(scheduler="Euler a") == image(scheduler="K_EULER_ANCESTRAL")
+    assert image(scheduler="LMS Karras") == image(scheduler="KLMS", karras="true") != image(scheduler="KLMS")
+    before = api.balance()
+    refused = api.infer(scheduler="DDIM", karras="true")
+    assert refused["error_code"] == 1 and "karras" in refused["message"] and "DPMSolverMultistep" in refused["message"]
+    assert api.balance() == before
+
+
+def test_model_defaults_and_records(recorded_api: Api, recorder: RecordingEngine, tiny_sd15: Path) -> None:
+    recorded_api.services.catalog.add(
+        NewModel(
+            path=tiny_sd15,
+            format=Format.DIFFUSERS,
+            id="a1111",
+            title="A1111 habits",
+            default_scheduler="K_EULER",
+            options={"karras": True, "clip_skip": 2},
+        )
+    )
+    body = recorded_api.post("/api/inference", model_id="a1111", prompt="p", num_images=1, **{"async": "true"})
+    job = recorder.jobs[-1]
+    assert isinstance(job, TextToImageJob) and (job.scheduler, job.karras, job.clip_skip) == ("K_EULER", True, 2)
+    token_id = recorded_api.services.accounts.authenticate(recorded_api.token).id
+    record = recorded_api.services.inference.inferences.get(body["inf_id"], token_id)
+    assert (record.resolved["karras"], record.resolved["clip_skip"]) == (True, 2)
+    # The request overrides the model; a model's Karras does not apply to a scheduler without it.
+    recorded_api.post("/api/inference", model_id="a1111", prompt="p", num_images=1, karras="false", clip_skip=1)
+    assert (recorder.jobs[-1].karras, recorder.jobs[-1].clip_skip) == (False, 1)
+    recorded_api.post("/api/inference", model_id="a1111", prompt="p", num_images=1, scheduler="DDIM")
+    assert (recorder.jobs[-1].scheduler, recorder.jobs[-1].karras) == ("DDIM", False)
+    bad = recorded_api.post("/api/inference", model_id="a1111", prompt="p", clip_skip=13)
+    assert bad["error_code"] == 1 and "clip_skip" in bad["message"] and "from 1 to 12" in bad["message"]
+
+
+def test_clip_skip_two_is_the_penultimate_layer_through_the_final_norm(tiny_sd15: Path, tmp_path: Path) -> None:
+    sd15 = family("sd15")
+    pipe = sd15.load(
+        ModelSpec("t", "1", str(tiny_sd15), "diffusers", "sd15"), torch.device("cpu"), torch.float32, tmp_path
+    )
+    ours = sd15.condition(pipe, "a red cat", "", clip_skip=2).positive
+    ids = pipe.tokenizer("a red cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        model = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)
+        expected = model.final_layer_norm(hidden)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert not torch.allclose(ours, sd15.condition(pipe, "a red cat", "").positive)
+
+
+def test_clip_skip_changes_the_image_on_both_families(api: Api, tiny_sdxl: Path) -> None:
+    register(api, "checkpoint", tiny_sdxl, "xl")
+
+    def image(model_id: str, **fields: object) -> bytes:
+        return api.images(api.infer(model_id=model_id, seed=3, steps=4, **fields))[0]
+
+    assert image("tiny", clip_skip=2) != image("tiny")
+    # SDXL reads the penultimate layer already: A1111's clip skip 2 changes nothing there, 3 does.
+    assert image("xl", clip_skip=2) == image("xl")
+    assert image("xl", clip_skip=3) != image("xl")
