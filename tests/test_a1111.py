@@ -7,18 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from daguerre.engine.diffusers_classes import (
+    AutoencoderKL,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
 )
 from daguerre.engine.families import family
-from daguerre.engine.jobs import ModelSpec, TextToImageJob
+from daguerre.engine.jobs import ModelSpec, TextToImageJob, VaeSpec
 from daguerre.engine.pipelines.schedulers import Schedulers
 from daguerre.services.catalog import Format, NewModel
 from tests.support.api import Api, RecordingEngine, register
+from tests.support.ldm_layout import vae_to_ldm
 
 # Each Karras-capable scheduler and diffusers' own class with its settings, as A1111 names them.
 KARRAS = {
@@ -110,3 +113,60 @@ def test_clip_skip_changes_the_image_on_both_families(api: Api, tiny_sdxl: Path)
     # SDXL reads the penultimate layer already: A1111's clip skip 2 changes nothing there, 3 does.
     assert image("xl", clip_skip=2) == image("xl")
     assert image("xl", clip_skip=3) != image("xl")
+
+
+@pytest.fixture(scope="module")
+def vae_files(tiny_sd15: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Another VAE for the tiny model (the same architecture, other random weights), as a diffusers
+    folder and as an A1111 VAE file (the original layout without the checkpoint's prefix)."""
+    folder = tmp_path_factory.mktemp("vaes")
+    torch.manual_seed(11)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(tiny_sd15 / "vae"))
+    vae.save_pretrained(folder / "vae-folder")
+    state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(vae.state_dict()).items()}
+    save_file(state, str(folder / "kl-f8-anime.safetensors"))
+    return {"folder": folder / "vae-folder", "file": folder / "kl-f8-anime.safetensors"}
+
+
+def test_a_vae_per_model_replaces_the_checkpoint_own(
+    api: Api, tiny_sd15: Path, vae_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from daguerre.cli import app
+    from daguerre.services.probing import UnsupportedModel, inspect_vae
+
+    assert inspect_vae(vae_files["file"]).format == "single_file"
+    with pytest.raises(UnsupportedModel, match="not a VAE"):
+        inspect_vae(next((tiny_sd15 / "unet").glob("*.safetensors")))
+    # `models add --vae FILE` registers the file as a VAE and the checkpoint with it.
+    runner = CliRunner()
+    data_dir = ["--data-dir", str(tmp_path)]
+    added = runner.invoke(
+        app, ["models", "add", str(tiny_sd15), "--title", "T", "--id", "t", "--vae", str(vae_files["file"]), *data_dir]
+    )
+    assert added.exit_code == 0 and "added vae kl-f8-anime" in added.output, added.output
+    from daguerre.services.container import open_database
+    from daguerre.settings import Settings
+
+    catalog = open_database(Settings(data_dir=tmp_path)).catalog
+    assert catalog.get("t").options["vae"] == "kl-f8-anime" and catalog.get("kl-f8-anime").kind.value == "vae"
+
+    register(api, "vae", vae_files["file"], "vae-file")
+    register(api, "vae", vae_files["folder"], "vae-folder")
+    for model_id, vae_id in (("with-file", "vae-file"), ("with-folder", "vae-folder")):
+        api.services.catalog.add(
+            NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id=model_id, title=model_id, options={"vae": vae_id})
+        )
+    own, with_file, with_folder = (
+        api.images(api.infer(model_id=m, seed=2))[0] for m in ("tiny", "with-file", "with-folder")
+    )
+    assert with_file != own and with_file == with_folder  # the same weights, read from either layout
+    # The pipeline really holds the file's weights.
+    sd15 = family("sd15")
+    spec = ModelSpec(
+        "t", "1", str(tiny_sd15), "diffusers", "sd15", vae=VaeSpec("v", "1", str(vae_files["file"]), "single_file")
+    )
+    pipe = sd15.load(spec, torch.device("cpu"), torch.float32, tmp_path)
+    expected = AutoencoderKL.from_pretrained(vae_files["folder"]).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in pipe.vae.state_dict().items())

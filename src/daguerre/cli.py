@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -14,6 +15,7 @@ from daguerre.errors import DaguerreError
 from daguerre.settings import Settings
 
 if TYPE_CHECKING:
+    from daguerre.services.catalog import CatalogService
     from daguerre.services.container import Database
 
 app = typer.Typer(help="daguerre: a self-hosted server that speaks the SinkIn API.", no_args_is_help=True)
@@ -204,6 +206,29 @@ def _default_size(value: str) -> list[int]:
     return [int(width), int(height)]
 
 
+def _vae_id(catalog: CatalogService, vae: str) -> str:
+    """A registered VAE's id, or the id a VAE file gets when it is registered first (its stem)."""
+    from daguerre.services.catalog import Format, Kind, NewModel
+    from daguerre.services.probing import UnsupportedModel, inspect_vae
+
+    path = Path(vae)
+    if not path.exists():
+        try:
+            return catalog.get(vae, Kind.VAE).id
+        except DaguerreError as exc:
+            _fail(exc)
+    try:
+        info = inspect_vae(path)
+    except UnsupportedModel as exc:
+        _fail(exc)
+    model_id = re.sub(r"[^A-Za-z0-9_-]", "-", path.stem)
+    record = catalog.add(
+        NewModel(path=path, format=Format(info.format), kind=Kind.VAE, title=path.stem, id=model_id, family="any")
+    )
+    console.print(f"added vae {record.id} version {record.latest.version}")
+    return record.id
+
+
 @models_app.command("add")
 def models_add(
     path: Annotated[
@@ -218,7 +243,7 @@ def models_add(
         str,
         typer.Option(
             help="What the file is: checkpoint (an image model), lora, controlnet, annotator "
-            "(docs/img2img-controlnet-lora.md), upscaler (docs/upscale.md) or video (docs/video.md)"
+            "(docs/img2img-controlnet-lora.md), upscaler (docs/upscale.md), video (docs/video.md) or vae"
         ),
     ] = "checkpoint",
     model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
@@ -231,6 +256,10 @@ def models_add(
     ] = False,
     clip_skip: Annotated[
         int | None, typer.Option(min=1, max=12, help="A1111's clip skip by default (2: the penultimate layer)")
+    ] = None,
+    vae: Annotated[
+        str | None,
+        typer.Option(help="With a checkpoint: the VAE it uses instead of its own, a registered VAE id or a VAE file"),
     ] = None,
     default_size: Annotated[
         str | None,
@@ -283,8 +312,8 @@ def models_add(
         if kind != "checkpoint":
             _fail(ValueError("--default-size goes with --kind checkpoint"))
         extra_options["default_size"] = _default_size(default_size)
-    if (karras or clip_skip is not None) and kind != "checkpoint":
-        _fail(ValueError("--karras and --clip-skip go with --kind checkpoint"))
+    if (karras or clip_skip is not None or vae is not None) and kind != "checkpoint":
+        _fail(ValueError("--karras, --clip-skip and --vae go with --kind checkpoint"))
     if karras:
         extra_options["karras"] = True
     if clip_skip is not None:
@@ -314,6 +343,8 @@ def models_add(
         except UnsupportedModel as exc:
             _fail(exc)
     database = _database(settings)
+    if vae is not None:
+        extra_options["vae"] = _vae_id(database.catalog, vae)
     try:
         record = database.catalog.add(
             NewModel(

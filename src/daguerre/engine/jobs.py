@@ -9,6 +9,17 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class VaeSpec:
+    """A VAE that replaces a checkpoint's own: a diffusers AutoencoderKL folder, or an A1111
+    single file read with the checkpoint family's VAE config."""
+
+    id: str
+    version: str
+    path: str
+    format: str  # diffusers | single_file
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Where a model version lives and how to load it; the engine's cache key."""
 
@@ -20,6 +31,7 @@ class ModelSpec:
     config_path: str | None = None
     # Of a file registered by URL (s3://...): the node's copy is checked against it (loading/model_files.py).
     sha256: str | None = None
+    vae: VaeSpec | None = None  # part of the cache key: another VAE is another pipeline
 
 
 # The scheduler name of LCM sampling (lcm=true); not one a request can name.

@@ -28,6 +28,7 @@ class Kind(StrEnum):
     CONTROLNET = "controlnet"  # options: controlnet (canny | depth | openpose)
     ANNOTATOR = "annotator"  # options: annotator (depth | openpose)
     VIDEO = "video"
+    VAE = "vae"  # an AutoencoderKL a checkpoint may use instead of its own (options["vae"]: its id)
 
 
 class Format(StrEnum):

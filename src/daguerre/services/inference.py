@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from anyio import to_thread
@@ -23,6 +24,7 @@ from daguerre.engine.jobs import (
     LoraSpec,
     ModelSpec,
     TextToImageJob,
+    VaeSpec,
 )
 from daguerre.errors import DaguerreError, InvalidParameter, NotFound
 from daguerre.protocol.inference import (
@@ -64,6 +66,19 @@ def model_spec(model: ModelRecord, version: Version) -> ModelSpec:
         config_path=version.config_path,
         sha256=version.sha256,
     )
+
+
+def checkpoint_spec(catalog: CatalogService, model: ModelRecord, version: Version) -> ModelSpec:
+    """An image model's spec, with the VAE it uses instead of its own (`models add --vae`)."""
+    spec = model_spec(model, version)
+    vae_id = model.options.get("vae")
+    if not vae_id:
+        return spec
+    try:
+        vae = catalog.get(vae_id, Kind.VAE)
+    except NotFound:
+        raise DaguerreError(f"model {model.id} uses VAE {vae_id}, which is no longer installed") from None
+    return replace(spec, vae=VaeSpec(vae.id, vae.latest.version, vae.latest.path, vae.latest.format.value))
 
 
 def join_negative(negative_prompt: str, default: str) -> str:
@@ -172,7 +187,7 @@ def render_job(
     if request.use_default_neg:
         negative = join_negative(negative, model.default_negative_prompt or settings.default_negative_prompt)
     job = TextToImageJob(
-        model=model_spec(model, version),
+        model=checkpoint_spec(catalog, model, version),
         prompt=prompt,
         negative_prompt=pinned.get("negative_prompt", negative),
         width=int(width),

@@ -252,6 +252,29 @@ def inspect_video(path: Path) -> CheckpointInfo:
     return CheckpointInfo("diffusers", "sd15", options)
 
 
+_VAE_KEYS = ("encoder.conv_in.weight", "decoder.conv_out.weight")
+
+
+def inspect_vae(path: Path) -> CheckpointInfo:
+    """A VAE: a diffusers AutoencoderKL folder, or an A1111 VAE file (.safetensors, .pt, .ckpt; the
+    original layout's `encoder.`/`decoder.` keys, with or without `first_stage_model.`). SD 1.5's
+    and SDXL's VAEs share one architecture, so a VAE fits either family (family "any"); a file
+    takes its scaling factor from the checkpoint's family."""
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.exists() or _json(config).get("_class_name") != "AutoencoderKL":
+            raise UnsupportedModel(f"{path}: expected a diffusers AutoencoderKL folder (config.json and weights)")
+        return CheckpointInfo("diffusers", "any")
+    if path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
+        raise UnsupportedModel(f"{path}: expected a VAE .safetensors/.pt/.ckpt file or a diffusers folder")
+    keys = {key.removeprefix("first_stage_model.") for key in _keys(path)}
+    if not all(key in keys for key in _VAE_KEYS):
+        raise UnsupportedModel(f"{path} is not a VAE (no encoder.conv_in and decoder.conv_out weights)")
+    if any(key.startswith("model.diffusion_model.") for key in keys):
+        raise UnsupportedModel(f"{path} is a whole checkpoint, not a VAE; register it with --kind checkpoint")
+    return CheckpointInfo("single_file", "any")
+
+
 # What `daguerre models add --kind K` runs to recognise a file of kind K.
 INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "checkpoint": inspect_checkpoint,
@@ -260,6 +283,7 @@ INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "controlnet": inspect_controlnet,
     "annotator": inspect_annotator,
     "video": inspect_video,
+    "vae": inspect_vae,
 }
 
 

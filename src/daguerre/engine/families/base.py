@@ -11,9 +11,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from daguerre.engine.diffusers_classes import DiffusionPipeline
+from daguerre.engine.diffusers_classes import AutoencoderKL, DiffusionPipeline
 from daguerre.engine.families.traits import FamilyTraits
-from daguerre.engine.jobs import ModelSpec
+from daguerre.engine.jobs import ModelSpec, VaeSpec
 from daguerre.engine.loading.clip_tokenizer import write_clip_tokenizer
 from daguerre.engine.prompts.conditioning import Conditioning
 
@@ -50,6 +50,7 @@ class ImageFamily(ABC):
         common: dict[str, Any] = {"dtype": dtype, "local_files_only": True, **self.options, **self.load_options}
         cls = self.text_to_image
         if spec.format == "diffusers":
+            config = spec.path
             pipe = cls.from_pretrained(spec.path, **common)
         elif spec.format == "single_file":
             config = spec.config_path or str(self.skeleton(cache_dir))
@@ -57,9 +58,24 @@ class ImageFamily(ABC):
             pipe = cls.from_single_file(spec.path, config=config, **common)  # type: ignore[attr-defined]
         else:
             raise ValueError(f"unknown model format {spec.format!r}")
+        if spec.vae is not None:
+            # A VAE file takes the checkpoint's own VAE config (its scaling factor among them).
+            pipe.register_modules(vae=self.load_vae(spec.vae, dtype, config))
         pipe.set_progress_bar_config(disable=True)
         # Memory format, attention and compilation are engine/runtime/execution.py's, per settings.
         return pipe.to(device)
+
+    @staticmethod
+    def load_vae(spec: VaeSpec, dtype: torch.dtype, config: str) -> AutoencoderKL:
+        """A VAE folder as it is; an A1111 VAE file (`encoder.`/`decoder.` keys, with or without
+        `first_stage_model.`) with the VAE config of `config` (a pipeline folder or skeleton)."""
+        if spec.format == "diffusers":
+            vae: AutoencoderKL = AutoencoderKL.from_pretrained(spec.path, dtype=dtype, local_files_only=True)
+        else:
+            vae = AutoencoderKL.from_single_file(
+                spec.path, config=config, subfolder="vae", dtype=dtype, local_files_only=True
+            )
+        return vae
 
     def owns(self, pipe: DiffusionPipeline) -> bool:
         return isinstance(pipe, (self.text_to_image, *self.tasks.values()))
