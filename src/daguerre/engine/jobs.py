@@ -49,6 +49,15 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class EmbeddingSpec:
+    """A textual-inversion embedding (A1111 .pt or .safetensors); its token is the id a prompt writes."""
+
+    id: str
+    version: str
+    path: str
+
+
+@dataclass(frozen=True)
 class AuxiliarySpec:
     """A ControlNet or annotator model on disk; `kind` is canny, depth or openpose."""
 
@@ -71,6 +80,9 @@ class TextToImageJob:
     seeds: tuple[int, ...]
     loras: tuple[LoraSpec, ...] = ()
     karras: bool = False  # Karras sigmas for the scheduler (schedulers.py)
+    # The embeddings the prompts name, loaded before they are encoded; the prompts carry each as
+    # its tokens (services/embeddings.py).
+    embeddings: tuple[EmbeddingSpec, ...] = ()
     clip_skip: int = 1  # A1111's: 2 reads the text encoder's penultimate layer
 
 

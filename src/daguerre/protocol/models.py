@@ -37,3 +37,6 @@ class ModelsResponse(BaseModel):
     models: list[ModelEntry]
     loras: list[ModelEntry]
     video_models: list[ModelEntry]
+    embeddings: list[ModelEntry] = Field(
+        default_factory=list, description="Textual-inversion embeddings a prompt may name by id (an addition)"
+    )

@@ -28,6 +28,7 @@ class Kind(StrEnum):
     CONTROLNET = "controlnet"  # options: controlnet (canny | depth | openpose)
     ANNOTATOR = "annotator"  # options: annotator (depth | openpose)
     VIDEO = "video"
+    EMBEDDING = "embedding"  # a textual inversion; options: vectors (its token count). The id is what prompts write
     VAE = "vae"  # an AutoencoderKL a checkpoint may use instead of its own (options["vae"]: its id)
 
 

@@ -38,6 +38,7 @@ from daguerre.protocol.inference import (
 from daguerre.services import model_extras
 from daguerre.services.accounts import TokenInfo, from_milli
 from daguerre.services.catalog import CatalogService, Kind, ModelRecord, Version
+from daguerre.services.embeddings import apply_embeddings
 from daguerre.services.jobs import Plan
 from daguerre.services.pricing import image_cost
 from daguerre.services.records import InferenceRecord, params_document
@@ -186,10 +187,12 @@ def render_job(
     negative = request.negative_prompt
     if request.use_default_neg:
         negative = join_negative(negative, model.default_negative_prompt or settings.default_negative_prompt)
+    negative = pinned.get("negative_prompt", negative)
+    written, embeddings = apply_embeddings(catalog, model, {"prompt": prompt, "negative_prompt": negative})
     job = TextToImageJob(
         model=checkpoint_spec(catalog, model, version),
-        prompt=prompt,
-        negative_prompt=pinned.get("negative_prompt", negative),
+        prompt=written["prompt"],
+        negative_prompt=written["negative_prompt"],
         width=int(width),
         height=int(height),
         steps=int(pinned.get("steps", steps)),
@@ -199,6 +202,7 @@ def render_job(
         loras=loras,
         karras=karras,
         clip_skip=clip_skip,
+        embeddings=embeddings,
     )
     resolved: dict[str, Any] = {
         "seeds": list(job.seeds),
@@ -209,7 +213,8 @@ def render_job(
         "scheduler": job.scheduler,
         "karras": job.karras,
         "clip_skip": job.clip_skip,
-        "negative_prompt": job.negative_prompt,
+        "negative_prompt": negative,
+        "embeddings": [{"id": e.id, "version": e.version} for e in job.embeddings],
         "loras": [{"id": lora.id, "version": lora.version, "weight": lora.weight} for lora in job.loras],
     }
     if init_image is None:

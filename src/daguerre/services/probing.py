@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 from daguerre.engine import families
+from daguerre.engine.loading.embeddings import read_embedding
 
 _SD1_UNET = "model.diffusion_model.input_blocks.0.0.weight"
 _SD1_CLIP = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
@@ -275,6 +276,20 @@ def inspect_vae(path: Path) -> CheckpointInfo:
     return CheckpointInfo("single_file", "any")
 
 
+def inspect_embedding(path: Path) -> CheckpointInfo:
+    if path.is_dir() or path.suffix not in (".pt", ".bin", ".safetensors"):
+        raise UnsupportedModel(f"{path}: expected an embedding's .pt or .safetensors file")
+    try:
+        vectors = read_embedding(path)
+    except ValueError as exc:
+        raise UnsupportedModel(str(exc)) from None
+    first = vectors["clip_l"]
+    if not isinstance(first, torch.Tensor) or first.ndim not in (1, 2):
+        raise UnsupportedModel(f"{path} holds no embedding vectors")
+    count = 1 if first.ndim == 1 else int(first.shape[0])
+    return CheckpointInfo("single_file", "sdxl" if "clip_g" in vectors else "sd15", {"vectors": count})
+
+
 # What `daguerre models add --kind K` runs to recognise a file of kind K.
 INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "checkpoint": inspect_checkpoint,
@@ -284,6 +299,7 @@ INSPECTORS: dict[str, Callable[[Path], CheckpointInfo]] = {
     "annotator": inspect_annotator,
     "video": inspect_video,
     "vae": inspect_vae,
+    "embedding": inspect_embedding,
 }
 
 

@@ -44,4 +44,13 @@ async def models(request: Request) -> ModelsResponse:
     video_models = [ModelEntry(**{**entry(m).model_dump(), **extra}) for m, extra in videos]
     # `sizes` (an addition): the range and default size of each image model, by its family.
     images = [ModelEntry(**{**entry(m).model_dump(), "sizes": model_sizes(m)}) for m in checkpoints]
-    return ModelsResponse(models=images, loras=[entry(m) for m in loras], video_models=video_models)
+    embeddings = await to_thread.run_sync(catalog.list, Kind.EMBEDDING)
+    return ModelsResponse(
+        models=images,
+        loras=[entry(m) for m in loras],
+        video_models=video_models,
+        # `vectors`: the tokens an embedding takes of a prompt's 75-token chunks.
+        embeddings=[
+            ModelEntry(**{**entry(m).model_dump(), "vectors": m.options.get("vectors", 1)}) for m in embeddings
+        ],
+    )

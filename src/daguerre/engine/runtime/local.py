@@ -59,6 +59,7 @@ from daguerre.engine.jobs import (
     AuxiliarySpec,
     Cancelled,
     ControlNetJob,
+    EmbeddingSpec,
     EngineStatus,
     Failed,
     FinalEvent,
@@ -81,6 +82,7 @@ from daguerre.engine.jobs import (
     VideoJob,
     VideoResult,
 )
+from daguerre.engine.loading.embeddings import load_embeddings, token_of
 from daguerre.engine.loading.lora import (
     DEFAULT_MAX_ADAPTER_BYTES,
     DEFAULT_MAX_ADAPTERS,
@@ -147,6 +149,8 @@ class LoadedPipeline:
     schedulers: Schedulers
     # The LoRAs loaded into this pipeline; they stay loaded, switched per job.
     loras: LoraState = field(default_factory=LoraState)
+    # The textual-inversion embeddings loaded into it (token -> file); they stay loaded.
+    embeddings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -679,6 +683,7 @@ class LocalEngine(EngineClient):
         with self.components:
             loaded = self.pipeline(job.model)
             self.loras(loaded, job.loras)
+            self.embeddings(loaded, job.embeddings)
         return loaded
 
     def prepare(self, loaded: LoadedPipeline, job: TextToImageJob, ahead: Future[Ahead] | None = None) -> Prepared:
@@ -705,6 +710,8 @@ class LocalEngine(EngineClient):
             loaded = self.cache.peek(job.model)
             if not isinstance(loaded, LoadedPipeline) or loaded.loras.fused != wanted:
                 return Ahead(init_image)
+            if any(loaded.embeddings.get(token_of(spec)) != spec.path for spec in job.embeddings):
+                return Ahead(init_image)  # its prompts need tokens the worker has yet to load
             self.check_prompts(loaded, job.prompt, job.negative_prompt)
             with stage("encoding the prompt"):
                 prepared = Prepared(condition(loaded.pipe, job), init_image)
@@ -733,6 +740,7 @@ class LocalEngine(EngineClient):
                 return ImagesResult((upscale(upscaler, job, progress),))
         if isinstance(job, HiresFixJob):
             loaded = self.pipeline(job.render.model)
+            self.embeddings(loaded, job.render.embeddings)
             self.check_prompts(loaded, job.render.prompt, job.render.negative_prompt)
             # The re-render uses the original inference's LoRAs too.
             self.loras(loaded, job.render.loras)
@@ -746,6 +754,7 @@ class LocalEngine(EngineClient):
         if not isinstance(job, TextToImageJob):
             raise TypeError(f"unknown job type {type(job).__name__}")
         loaded = self.pipeline(job.model)
+        self.embeddings(loaded, job.embeddings)
         self.check_prompts(loaded, job.prompt, job.negative_prompt)
         self.loras(loaded, job.loras)
         if isinstance(job, ControlNetJob):
@@ -781,6 +790,12 @@ class LocalEngine(EngineClient):
 
     def check_prompts(self, loaded: LoadedPipeline, prompt: str, negative_prompt: str) -> None:
         check_prompt_length(loaded.pipe.tokenizer, prompt, negative_prompt, self._max_prompt_chunks)
+
+    @staticmethod
+    def embeddings(loaded: LoadedPipeline, embeddings: tuple[EmbeddingSpec, ...]) -> None:
+        if embeddings:
+            with stage("loading embedding " + ", ".join(f"{spec.id} (version {spec.version})" for spec in embeddings)):
+                load_embeddings(loaded.pipe, loaded.embeddings, embeddings)
 
     def loras(self, loaded: LoadedPipeline, loras: tuple[LoraSpec, ...]) -> None:
         names = ", ".join(f"{spec.id} (version {spec.version})" for spec in loras)
