@@ -117,3 +117,17 @@ def test_prompts_name_embeddings_and_the_record_keeps_them(
         ("badhands", "sd15", 1),
         ("negxl", "sdxl", 3),
     }
+
+
+def test_models_add_names_an_embedding_after_its_file(embedding_files: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from daguerre.cli import app
+    from daguerre.services.container import open_database
+    from daguerre.settings import Settings
+
+    command = ["models", "add", str(embedding_files["pt"]), "--kind", "embedding", "--title", "E"]
+    added = CliRunner().invoke(app, [*command, "--data-dir", str(tmp_path)])
+    assert added.exit_code == 0 and "embedding EasyNeg" in added.output, added.output
+    record = open_database(Settings(data_dir=tmp_path)).catalog.get("EasyNeg")
+    assert (record.kind.value, record.family, record.options["vectors"]) == ("embedding", "sd15", 2)

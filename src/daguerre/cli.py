@@ -206,6 +206,10 @@ def _default_size(value: str) -> list[int]:
     return [int(width), int(height)]
 
 
+def _file_id(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", path.stem)
+
+
 def _vae_id(catalog: CatalogService, vae: str) -> str:
     """A registered VAE's id, or the id a VAE file gets when it is registered first (its stem)."""
     from daguerre.services.catalog import Format, Kind, NewModel
@@ -221,7 +225,7 @@ def _vae_id(catalog: CatalogService, vae: str) -> str:
         info = inspect_vae(path)
     except UnsupportedModel as exc:
         _fail(exc)
-    model_id = re.sub(r"[^A-Za-z0-9_-]", "-", path.stem)
+    model_id = _file_id(path)
     record = catalog.add(
         NewModel(path=path, format=Format(info.format), kind=Kind.VAE, title=path.stem, id=model_id, family="any")
     )
@@ -243,7 +247,7 @@ def models_add(
         str,
         typer.Option(
             help="What the file is: checkpoint (an image model), lora, controlnet, annotator "
-            "(docs/img2img-controlnet-lora.md), upscaler (docs/upscale.md), video (docs/video.md) or vae"
+            "(docs/img2img-controlnet-lora.md), upscaler (docs/upscale.md), video (docs/video.md), vae or embedding"
         ),
     ] = "checkpoint",
     model_id: Annotated[str | None, typer.Option("--id", help="Id (default: 7 random letters and digits)")] = None,
@@ -342,6 +346,8 @@ def models_add(
             info = inspect_model(kind, local)
         except UnsupportedModel as exc:
             _fail(exc)
+    if kind == "embedding" and model_id is None:
+        model_id = _file_id(local)  # what prompts write, as A1111 names an embedding by its file
     database = _database(settings)
     if vae is not None:
         extra_options["vae"] = _vae_id(database.catalog, vae)
