@@ -45,24 +45,7 @@ def _registered(catalog: CatalogService, model_id: str) -> ModelRecord | None:
 
 def install_demo_model(settings: Settings, catalog: CatalogService) -> ModelRecord:
     """Idempotent: builds and registers the demo image model only if it is not there."""
-    record = _registered(catalog, DEMO_MODEL_ID)
-    if record is not None:
-        return record
-    from daguerre.demo.tiny_models import build_demo_sd15  # torch only when building
-
-    folder = settings.models_dir / "demo-sd15"
-    if not (folder / "model_index.json").exists():
-        build_demo_sd15(folder)
-    return catalog.add(
-        NewModel(
-            path=folder,
-            format=Format.DIFFUSERS,
-            id=DEMO_MODEL_ID,
-            version="1",
-            title=DEMO_TITLE,
-            tags=DEMO_TAGS,
-        )
-    )
+    return _install_image_model(settings, catalog, DEMO_MODEL_ID, "sd15", DEMO_TITLE)
 
 
 DEMO_XL_ID = "demo-xl"
@@ -70,25 +53,25 @@ DEMO_XL_ID = "demo-xl"
 
 def install_demo_xl(settings: Settings, catalog: CatalogService) -> ModelRecord:
     """Idempotent: builds and registers the demo SDXL model (native 1024x1024) only if absent."""
-    record = _registered(catalog, DEMO_XL_ID)
+    title = "Demo SDXL (tiny random weights, built for CPU speed: draws noise)"
+    return _install_image_model(settings, catalog, DEMO_XL_ID, "sdxl", title)
+
+
+def _install_image_model(
+    settings: Settings, catalog: CatalogService, model_id: str, family: str, title: str
+) -> ModelRecord:
+    record = _registered(catalog, model_id)
     if record is not None:
         return record
-    from daguerre.demo.tiny_models import build_demo_sdxl  # torch only when building
+    from daguerre.demo.tiny_models import build_demo_sd15, build_demo_sdxl  # torch only when building
 
-    folder = settings.models_dir / "demo-sdxl"
+    folder = settings.models_dir / f"demo-{family}"
     if not (folder / "model_index.json").exists():
-        build_demo_sdxl(folder)
-    return catalog.add(
-        NewModel(
-            path=folder,
-            format=Format.DIFFUSERS,
-            id=DEMO_XL_ID,
-            version="1",
-            title="Demo SDXL (tiny random weights, built for CPU speed: draws noise)",
-            family="sdxl",
-            tags=DEMO_TAGS,
-        )
+        {"sd15": build_demo_sd15, "sdxl": build_demo_sdxl}[family](folder)
+    new = NewModel(
+        path=folder, format=Format.DIFFUSERS, id=model_id, version="1", title=title, family=family, tags=DEMO_TAGS
     )
+    return catalog.add(new)
 
 
 def install_demo_upscalers(settings: Settings, catalog: CatalogService) -> list[ModelRecord]:

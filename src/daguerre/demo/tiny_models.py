@@ -162,23 +162,13 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     The two text encoders have different widths, as CLIP ViT-L (768) and OpenCLIP ViT-bigG (1280)
     do: single-file loading tells them apart by width."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32, 64),  # SDXL: (320, 640, 1280)
+    unet = _sdxl_unet(
         layers_per_block=2,
-        norm_num_groups=8,
         sample_size=16,
-        in_channels=4,
-        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2, 2),  # SDXL: (1, 2, 10)
         attention_head_dim=(2, 4, 8),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        # Six size numbers of addition_time_embed_dim each, and the pooled embedding.
-        projection_class_embeddings_input_dim=6 * 8 + _SDXL_POOLED,
-        cross_attention_dim=_SDXL_CLIP_L + _SDXL_CLIP_G,
     )
     return _save_sdxl(folder, unet, _tiny_vae(scaling_factor=0.13025, force_upcast=True))
 
@@ -188,25 +178,33 @@ def build_demo_sdxl(folder: Path, seed: int = 0) -> Path:
     at the lowest UNet level only and one layer per block, so that its native 1024x1024 answers in
     seconds on a CPU (see build_demo_sd15). Its outputs are noise."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32, 64),
+    unet = _sdxl_unet(
         layers_per_block=1,
-        norm_num_groups=8,
         sample_size=128,
-        in_channels=4,
-        out_channels=4,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=1,
         attention_head_dim=8,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + _SDXL_POOLED,
-        cross_attention_dim=_SDXL_CLIP_L + _SDXL_CLIP_G,
     )
     vae = _tiny_vae(scaling_factor=0.13025, force_upcast=True, layers_per_block=1, mid_block_add_attention=False)
     return _save_sdxl(folder, unet, vae)
+
+
+def _sdxl_unet(**topology: Any) -> UNet2DConditionModel:
+    unet: UNet2DConditionModel = UNet2DConditionModel(
+        block_out_channels=(16, 32, 64),  # SDXL: (320, 640, 1280)
+        norm_num_groups=8,
+        in_channels=4,
+        out_channels=4,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        # Six size numbers of addition_time_embed_dim each, and the pooled embedding.
+        projection_class_embeddings_input_dim=6 * 8 + _SDXL_POOLED,
+        cross_attention_dim=_SDXL_CLIP_L + _SDXL_CLIP_G,
+        **topology,
+    )
+    return unet
 
 
 # Widths of the tiny SDXL text encoders (CLIP ViT-L, OpenCLIP ViT-bigG) and of the pooled embedding.
