@@ -170,3 +170,23 @@ def test_a_vae_per_model_replaces_the_checkpoint_own(
     pipe = sd15.load(spec, torch.device("cpu"), torch.float32, tmp_path)
     expected = AutoencoderKL.from_pretrained(vae_files["folder"]).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in pipe.vae.state_dict().items())
+
+
+def test_models_add_takes_a1111_habits(tiny_sd15: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from daguerre.cli import app
+    from daguerre.services.container import open_database
+    from daguerre.settings import Settings
+
+    command = ["models", "add", str(tiny_sd15), "--title", "Anime", "--id", "anime", "--clip-skip", "2"]
+    added = CliRunner().invoke(app, [*command, "--default-scheduler", "DPM++ 2M Karras", "--data-dir", str(tmp_path)])
+    assert added.exit_code == 0, added.output
+    model = open_database(Settings(data_dir=tmp_path)).catalog.get("anime")
+    assert (model.default_scheduler, model.options["karras"], model.options["clip_skip"]) == (
+        "DPMSolverMultistep",
+        True,
+        2,
+    )
+    wrong = CliRunner().invoke(app, [*command, "--id", "x", "--clip-skip", "13", "--data-dir", str(tmp_path)])
+    assert wrong.exit_code != 0

@@ -111,7 +111,7 @@ def test_models_add_list_versions_and_remove(tmp_path: Path, tiny_sd15: Path, ti
 def test_models_add_rejects_bad_options_and_files(tmp_path: Path, tiny_sd15: Path) -> None:
     bad_scheduler = runner.invoke(
         app,
-        ["models", "add", str(tiny_sd15), "--title", "T", "--default-scheduler", "Euler", "--data-dir", str(tmp_path)],
+        ["models", "add", str(tiny_sd15), "--title", "T", "--default-scheduler", "Heun", "--data-dir", str(tmp_path)],
     )
     assert bad_scheduler.exit_code == 1 and "DPMSolverMultistep" in bad_scheduler.output
     text_file = tmp_path / "notes.txt"

@@ -104,7 +104,7 @@ def test_range_ends_are_accepted(recorded_api: Api, field: str, good: list) -> N
         ("seed", "-2", "must be an integer from -1 to 4294967295"),
         ("seed", "4294967296", "must be an integer from -1 to 4294967295"),
         ("use_default_neg", "maybe", 'must be "true" or "false"'),
-        ("scheduler", "Euler", "must be one of " + ", ".join(SCHEDULERS)),
+        ("scheduler", "Heun", "must be one of " + ", ".join(SCHEDULERS)),
     ],
 )
 def test_bad_values_name_the_field_and_what_is_allowed(
@@ -187,6 +187,8 @@ def test_schema_defaults_match_the_contract() -> None:
         "num_images": 4,
         "seed": -1,
         "scheduler": None,
+        "karras": None,
+        "clip_skip": None,
         "lora": None,
         "lora_scale": "0.75",
         "lcm": False,

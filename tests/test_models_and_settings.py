@@ -25,7 +25,7 @@ def test_models_entries_have_the_fields_hosted_clients_validate(recorded_api: Ap
         )
     )
     body = recorded_api.post("/api/models")
-    assert body["error_code"] == 0 and body["loras"] == [] and body["video_models"] == []
+    assert body["error_code"] == 0 and body["loras"] == body["video_models"] == body["embeddings"] == []
     tiny, dream = body["models"]
     assert dream == {
         "id": "4zdwGOB",
@@ -38,6 +38,7 @@ def test_models_entries_have_the_fields_hosted_clients_validate(recorded_api: Ap
         "base_model": "sd15",
         "versions": ["1"],
         "civitai_model_id": 4384,
+        "sizes": {"min": 128, "max": 896, "multiple_of": 8, "default": [512, 768]},  # an addition
     }
     # Unset strings are "", never null; an unknown Civitai id is absent rather than null.
     assert tiny["cover_img"] == "" and tiny["link"] == "" and tiny["tags"] == []
