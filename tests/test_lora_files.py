@@ -76,6 +76,11 @@ def test_a_lora_with_tensors_for_missing_layers_is_refused_and_refunded(
     path = tmp_path / "stray.safetensors"
     save_file(state, str(path))
     register(api, "lora", path, "stray")  # its keys look like a LoRA's: only the model can tell
+    plain = api.images(api.infer(seed=3))
+    # Another LoRA active when the refused one is tried: deleting the refused adapter makes peft
+    # activate another one, which must not stay active.
+    register(api, "lora", proj_loras["diffusers"], "good")
+    assert api.infer(lora="good")["error_code"] == 0
     before = api.balance()
     body = api.infer(lora="stray")
     assert body["error_code"] == 1
@@ -86,7 +91,7 @@ def test_a_lora_with_tensors_for_missing_layers_is_refused_and_refunded(
         "this server does not read."
     )
     assert api.balance() == before
-    assert api.infer()["error_code"] == 0  # the pipeline is left clean
+    assert api.images(api.infer(seed=3)) == plain  # the pipeline is left clean: no adapter stays active
 
 
 def test_models_add_refuses_tensors_no_lora_loader_applies(tmp_path: Path, proj_loras: dict[str, Path]) -> None:

@@ -4,9 +4,9 @@ Loading a LoRA file costs a fraction of a second and never reloads the base mode
 targeted layers). The active set is fused into the weights, so a request with LoRAs runs as fast
 as one without: unfused, every wrapped layer would do two extra matmuls per call, which costs a
 visible share of each step. Before fusing, the base weights of the wrapped layers are saved once,
-and they are copied back when the active set changes: unfusing alone subtracts the LoRA delta
-again, which does not give the original floats back. So a request without LoRAs gets exactly the
-base model's output, and a LoRA never leaks into the next request.
+and they are copied back when the active set changes: unfusing (subtracting the LoRA delta again)
+does not give the original floats back, and costs the delta's matmuls besides. So a request
+without LoRAs gets exactly the base model's output, and a LoRA never leaks into the next request.
 
 Memory is bounded: at most `max_adapters` adapters and `max_bytes` of their tensors stay loaded;
 beyond that the least recently used are deleted from the pipeline, and the saved base weights of
@@ -187,6 +187,19 @@ def _evict(pipe: DiffusionPipeline, state: LoraState, keep: set[str]) -> None:
     log.info("unloaded LoRA adapters %s (least recently used)", ", ".join(victims))
 
 
+def _restore_base_weights(state: LoraState) -> None:
+    """Undo the fusion: copy the saved base weights back and tell peft that nothing is merged.
+    Not diffusers' unfuse_lora: it computes and subtracts every layer's delta (a quarter of a
+    switch's time on a CPU, bench/lora_switch.py --full) only for the copy to overwrite the result.
+    A layer whose LoRA also merged a bias is unmerged by peft, since only weights are saved. The
+    saved layers are every layer that held an adapter when the set was fused."""
+    for layer, weight in state.originals.items():
+        if any(getattr(layer, "lora_bias", {}).get(name) for name in layer.merged_adapters):
+            layer.unmerge()
+        layer.merged_adapters.clear()
+        _base_weight(layer).copy_(weight)
+
+
 @torch.no_grad()
 def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraSpec, ...]) -> None:
     """Make exactly `loras`, at their weights, active on `pipe`."""
@@ -198,13 +211,19 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
     if wanted == state.fused:
         return
     if state.fused:
-        pipe.unfuse_lora(components=_components(pipe))
-        for layer, weight in state.originals.items():
-            _base_weight(layer).copy_(weight)
+        _restore_base_weights(state)
         state.fused = ()
-    for spec, name in zip(loras, names, strict=True):
-        if name not in state.loaded:
-            state.loaded[name] = _load(pipe, spec, name)
+    try:
+        for spec, name in zip(loras, names, strict=True):
+            if name not in state.loaded:
+                state.loaded[name] = _load(pipe, spec, name)
+    except Exception:
+        # Deleting a file that did not apply makes peft activate another loaded adapter, unfused:
+        # nothing is fused now, so nothing may be active either (the next request without LoRAs
+        # finds the state it wants and changes nothing).
+        if state.loaded:
+            pipe.disable_lora()
+        raise
     _evict(pipe, state, keep=set(names))
     if not loras:
         if state.loaded:
