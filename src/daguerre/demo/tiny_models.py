@@ -58,18 +58,7 @@ def build_tiny_sd15(folder: Path, seed: int = 0) -> Path:
         cross_attention_dim=32,
         attention_head_dim=4,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 32, 32),  # SD's VAE: (128, 256, 512, 512)
-        layers_per_block=2,
-        norm_num_groups=8,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        sample_size=64,
-    )
-    return _save_sd15(folder, unet, vae)
+    return _save_sd15(folder, unet, _tiny_vae(sample_size=64))
 
 
 def build_demo_sd15(folder: Path, seed: int = 0) -> Path:
@@ -96,39 +85,14 @@ def build_demo_sd15(folder: Path, seed: int = 0) -> Path:
         cross_attention_dim=32,
         attention_head_dim=4,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        sample_size=512,
-        mid_block_add_attention=False,
-    )
+    vae = _tiny_vae(layers_per_block=1, sample_size=512, mid_block_add_attention=False)
     return _save_sd15(folder, unet, vae)
 
 
 def _save_sd15(folder: Path, unet: UNet2DConditionModel, vae: AutoencoderKL) -> Path:
     """An SD 1.5 pipeline folder around `unet` and `vae`: a 2-layer CLIP text encoder with the real
     vocabulary, the real tokenizer and SD 1.5's scheduler settings."""
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=32,
-            hidden_act="quick_gelu",
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_clip(32, "quick_gelu", 32))
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer"))
     scheduler = PNDMScheduler(
         beta_start=0.00085,
@@ -170,7 +134,7 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
         transformer_layers_per_block=(1, 2, 2),  # SDXL: (1, 2, 10)
         attention_head_dim=(2, 4, 8),
     )
-    return _save_sdxl(folder, unet, _tiny_vae(scaling_factor=0.13025, force_upcast=True))
+    return _save_sdxl(folder, unet, _tiny_vae(sample_size=128, scaling_factor=0.13025, force_upcast=True))
 
 
 def build_demo_sdxl(folder: Path, seed: int = 0) -> Path:
@@ -186,7 +150,9 @@ def build_demo_sdxl(folder: Path, seed: int = 0) -> Path:
         transformer_layers_per_block=1,
         attention_head_dim=8,
     )
-    vae = _tiny_vae(scaling_factor=0.13025, force_upcast=True, layers_per_block=1, mid_block_add_attention=False)
+    vae = _tiny_vae(
+        sample_size=128, scaling_factor=0.13025, force_upcast=True, layers_per_block=1, mid_block_add_attention=False
+    )
     return _save_sdxl(folder, unet, vae)
 
 
@@ -221,7 +187,6 @@ def _tiny_vae(layers_per_block: int = 2, **config: Any) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        sample_size=128,
         **config,
     )
     return vae

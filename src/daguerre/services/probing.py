@@ -12,7 +12,6 @@ import torch
 from safetensors import safe_open
 
 from daguerre.engine import families
-from daguerre.engine.loading.embeddings import read_embedding
 
 _SD1_UNET = "model.diffusion_model.input_blocks.0.0.weight"
 _SD1_CLIP = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
@@ -279,6 +278,8 @@ def inspect_vae(path: Path) -> CheckpointInfo:
 def inspect_embedding(path: Path) -> CheckpointInfo:
     if path.is_dir() or path.suffix not in (".pt", ".bin", ".safetensors"):
         raise UnsupportedModel(f"{path}: expected an embedding's .pt or .safetensors file")
+    from daguerre.engine.loading.embeddings import read_embedding  # diffusers only when inspecting one
+
     try:
         vectors = read_embedding(path)
     except ValueError as exc:
