@@ -373,12 +373,12 @@ def test_the_quote_follows_lcm_pricing(recorded_api: Api) -> None:
     service = recorded_api.services.inference
     poor = recorded_api.services.accounts.authenticate(recorded_api.token)
     cheap = InferenceRequest.model_validate(
-        {"access_token": "t", "model_id": "m", "prompt": "p", "lcm": "true", "width": 512, "height": 512}
+        {"access_token": "t", "model_id": "tiny", "prompt": "p", "lcm": "true", "width": 512, "height": 512}
     )
-    assert service.check_affordable(poor, cheap) is None
+    assert asyncio.run(service.check_affordable(poor, cheap)) is None
     broke = type(poor)(poor.id, poor.name, poor.prefix, 0.04, poor.created_at)
     with pytest.raises(DaguerreError, match=r"needs 0\.2, the balance is 0\.04"):
-        service.check_affordable(broke, cheap)
+        asyncio.run(service.check_affordable(broke, cheap))
 
 
 def test_large_uploads_are_reduced_before_the_fit_with_the_same_result() -> None:

@@ -121,6 +121,19 @@ def test_price_is_relative_to_the_family_native_size(recorded_api: Api, tiny_sdx
     assert sd15["credit_cost"] == xl["credit_cost"] > xl_small["credit_cost"]
 
 
+def test_the_balance_check_before_an_upload_prices_as_the_charge_does(recorded_api: Api, tiny_sdxl: Path) -> None:
+    # One image at SDXL's default 1024x1024 and 30 steps costs 0.5. Priced as SD 1.5 at the contract's 512x768 it
+    # would be 0.75, and this balance refused before its upload was read.
+    register(recorded_api, "checkpoint", tiny_sdxl, "xl")
+    token, _ = recorded_api.services.accounts.create_token(credits=0.6)
+    response = recorded_api.client.post(
+        "/api/inference",
+        data={"access_token": token, "model_id": "xl", "prompt": "p", "num_images": "1"},
+        files={"init_image_file": ("a.png", png(photo(64, 64)), "image/png")},
+    ).json()
+    assert response["error_code"] == 0 and response["credit_cost"] == 0.5, response
+
+
 def test_controlnet_lcm_and_hires_fix_run_on_sdxl(
     xl: Api, tiny_sdxl: Path, sdxl_lora_files: dict[str, Path], tmp_path: Path
 ) -> None:

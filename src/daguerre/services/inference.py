@@ -146,6 +146,14 @@ def requested_steps(request: InferenceRequest) -> int:
     return request.steps if not request.lcm or "steps" in request.model_fields_set else LCM_STEPS
 
 
+def price(
+    settings: Settings, request: InferenceRequest, model: ModelRecord, width: int, height: int, steps: int
+) -> int:
+    """What a request costs, in millicredits; the early balance check and plan() both ask here."""
+    reference = families.traits(model.family).reference_pixels
+    return image_cost(settings.pricing, width, height, steps, request.num_images, request.lcm, reference)
+
+
 def render_job(
     catalog: CatalogService,
     settings: Settings,
@@ -254,10 +262,7 @@ class InferenceService(ServingModule):
         job, resolved = await to_thread.run_sync(
             lambda: render_job(self.catalog, self.settings, request, model, version, init_image=init_image)
         )
-        reference = families.traits(model.family).reference_pixels
-        cost = image_cost(
-            self.settings.pricing, job.width, job.height, job.steps, request.num_images, request.lcm, reference
-        )
+        cost = price(self.settings, request, model, job.width, job.height, job.steps)
         params = params_document(request.model_dump(mode="json"), resolved)
         # The prepared image, so that a job queued before a restart runs on the same pixels.
         inputs = {}
@@ -290,8 +295,11 @@ class InferenceService(ServingModule):
 
         return await to_thread.run_sync(rebuild)
 
-    def check_affordable(self, token: TokenInfo, request: InferenceRequest) -> None:
-        """Refuse before the upload is read or decoded when the balance cannot pay the request."""
-        steps = requested_steps(request)
-        cost = image_cost(self.settings.pricing, request.width, request.height, steps, request.num_images, request.lcm)
-        self.accounts.check_affordable(token, cost)
+    async def check_affordable(self, token: TokenInfo, request: InferenceRequest) -> None:
+        """Refuse before the upload is read or decoded when the balance cannot pay the request: the
+        price plan() will charge, at the size the model renders and its family's reference."""
+        model = await to_thread.run_sync(self.catalog.get, request.model_id, Kind.CHECKPOINT)
+        width, height = requested_size(request, model)
+        self.accounts.check_affordable(
+            token, price(self.settings, request, model, width, height, requested_steps(request))
+        )

@@ -36,7 +36,7 @@ async def inference(request: Request) -> BaseModel:
     init_image = None
     if FIELD in files:
         # The price is known from the fields: a caller who cannot pay gets no upload decoded.
-        services(request).inference.check_affordable(token, body)
+        await services(request).inference.check_affordable(token, body)
         init_image = await read_upload(files[FIELD], settings.max_upload_bytes)
     serving = services(request).inference
     plan = await serving.plan(token, body, init_image)
