@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from daguerre.engine.client import JobHandle
 from daguerre.engine.jobs import (
     Cancelled,
+    EmbeddingSpec,
     Failed,
     Finished,
     ImagesResult,
@@ -205,6 +207,22 @@ def test_prompts_of_different_chunk_counts_batch_as_they_render_alone(engine: Lo
     outcome, log = run_queued(engine, tiny_sd15, jobs)
     assert batches(log)[1] == set(jobs)
     assert_each_is_its_solo_render(engine, jobs, outcome)
+
+
+def test_batch_mates_load_their_own_embeddings(engine: LocalEngine, tiny_sd15: Path, tmp_path: Path) -> None:
+    # Only the second job names the embedding: the batch's head does not, and its load alone would
+    # leave the mate's tokens unknown, encoded as plain words.
+    path = tmp_path / "mateonly.pt"
+    torch.save({"string_to_param": {"*": torch.randn(2, 32, generator=torch.Generator().manual_seed(3))}}, path)
+    embedding = EmbeddingSpec("MateOnly", "1", str(path))
+    jobs: dict[str, tuple[Job, str]] = {
+        "head": (text_job(tiny_sd15, "a cat", (1,)), "A"),
+        "mate": (replace(text_job(tiny_sd15, "a cat, mateonly mateonly_1", (1,)), embeddings=(embedding,)), "B"),
+    }
+    outcome, log = run_queued(engine, tiny_sd15, jobs)
+    assert batches(log)[1] == set(jobs)
+    assert_each_is_its_solo_render(engine, jobs, outcome)
+    assert images(outcome["head"]) != images(outcome["mate"])
 
 
 def test_batch_mates_are_picked_in_the_fair_order(engine: LocalEngine, tiny_sd15: Path) -> None:

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from daguerre.engine.families import family
 from daguerre.engine.jobs import EmbeddingSpec, ModelSpec
-from daguerre.engine.loading.embeddings import load_embeddings
+from daguerre.engine.loading.embeddings import LoadedEmbedding, load_embeddings, read_embedding
 from daguerre.services.probing import UnsupportedModel, inspect_embedding
 from tests.support.api import Api, register
 
@@ -78,6 +78,35 @@ def test_the_vectors_land_on_their_tokens_and_nothing_else_changes(
         pipe, "a cat, " + " ".join(["easyneg", *(f"easyneg_{i}" for i in range(1, 3))][:count]), ""
     )
     assert not torch.equal(named.positive, before.positive)
+
+
+def test_a_new_version_replaces_the_tokens_of_the_one_loaded(
+    embedding_files: dict[str, Path], tiny_sd15: Path, tmp_path: Path
+) -> None:
+    models = family("sd15")
+    pipe = models.load(
+        ModelSpec("m", "1", str(tiny_sd15), "diffusers", "sd15"), torch.device("cpu"), torch.float32, tmp_path
+    )
+    plain = models.condition(pipe, "a cat, blurry", "")
+    loaded: dict[str, LoadedEmbedding] = {}
+    first = EmbeddingSpec("EasyNeg", "1", str(embedding_files["pt"]))  # two vectors
+    second = EmbeddingSpec("EasyNeg", "2", str(embedding_files["safetensors"]))  # one
+
+    def rows(count: int) -> torch.Tensor:
+        ids = pipe.tokenizer.convert_tokens_to_ids(["easyneg", *(f"easyneg_{i}" for i in range(1, count))])
+        return pipe.text_encoder.get_input_embeddings().weight[ids]
+
+    load_embeddings(pipe, loaded, (first,))
+    named = models.condition(pipe, "a cat, easyneg", "")
+    load_embeddings(pipe, loaded, (second,))
+    assert torch.equal(rows(1), read_embedding(embedding_files["safetensors"])["clip_l"])
+    assert "easyneg_1" not in pipe.tokenizer.get_vocab()
+    assert loaded["easyneg"].tokens == ("easyneg",)
+    assert not torch.equal(models.condition(pipe, "a cat, easyneg", "").positive, named.positive)
+    assert torch.equal(models.condition(pipe, "a cat, blurry", "").positive, plain.positive)
+    load_embeddings(pipe, loaded, (first,))  # a job of the older version brings it back
+    assert torch.equal(rows(2), read_embedding(embedding_files["pt"])["clip_l"])
+    assert torch.equal(models.condition(pipe, "a cat, easyneg", "").positive, named.positive)
 
 
 def test_prompts_name_embeddings_and_the_record_keeps_them(

@@ -10,6 +10,7 @@ through diffusers' prompt conversion.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ import torch
 
 from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.jobs import EmbeddingSpec
-from daguerre.errors import GenerationFailed
 
 # Which vectors of a file go into which tokenizer and text encoder (SDXL files carry both).
 _TARGETS = (("clip_l", "tokenizer", "text_encoder"), ("clip_g", "tokenizer_2", "text_encoder_2"))
@@ -59,21 +59,46 @@ def token_of(spec: EmbeddingSpec) -> str:
     return spec.id.lower()
 
 
-def load_embeddings(pipe: DiffusionPipeline, loaded: dict[str, str], specs: tuple[EmbeddingSpec, ...]) -> None:
-    """Load the embeddings of `specs` that `loaded` (token -> file) does not hold yet."""
+@dataclass(frozen=True)
+class LoadedEmbedding:
+    """What a resident pipeline holds under an embedding's token."""
+
+    version: str
+    path: str
+    tokens: tuple[str, ...]  # the token, then token_1, token_2, ... for each further vector
+
+    def serves(self, spec: EmbeddingSpec) -> bool:
+        return (self.version, self.path) == (spec.version, spec.path)
+
+
+def load_embeddings(
+    pipe: DiffusionPipeline, loaded: dict[str, LoadedEmbedding], specs: tuple[EmbeddingSpec, ...]
+) -> None:
+    """Load the embeddings of `specs` that `loaded` (token -> what it holds) does not hold yet. One
+    registered again (another version) replaces the tokens of the version loaded before, so the
+    new file takes effect without a restart."""
     for spec in specs:
         token = token_of(spec)
-        if loaded.get(token) == spec.path:
+        held = loaded.get(token)
+        if held is not None and held.serves(spec):
             continue
-        if token in loaded:
-            raise GenerationFailed(
-                f"embedding {spec.id} was re-registered with another file while its first file is loaded; "
-                "restart the server to use the new one"
-            )
-        vectors = read_embedding(Path(spec.path))
-        for key, tokenizer, encoder in _TARGETS:
-            if key in vectors and getattr(pipe, encoder, None) is not None:
-                pipe.load_textual_inversion(
-                    vectors[key], token=token, tokenizer=getattr(pipe, tokenizer), text_encoder=getattr(pipe, encoder)
-                )
-        loaded[token] = spec.path
+        vectors = read_embedding(Path(spec.path))  # read first: an unreadable file leaves the old one loaded
+        targets = [
+            (vectors[key], getattr(pipe, tokenizer), getattr(pipe, encoder))
+            for key, tokenizer, encoder in _TARGETS
+            if key in vectors and getattr(pipe, encoder, None) is not None
+        ]
+        if held is not None:
+            for _, tokenizer, encoder in targets:
+                if token in tokenizer.get_vocab():
+                    pipe.unload_textual_inversion(list(held.tokens), tokenizer=tokenizer, text_encoder=encoder)
+            del loaded[token]
+        for embedding, tokenizer, encoder in targets:
+            pipe.load_textual_inversion(embedding, token=token, tokenizer=tokenizer, text_encoder=encoder)
+        count = max(embedding.shape[0] for embedding, _, _ in targets)
+        loaded[token] = LoadedEmbedding(spec.version, spec.path, (token, *(f"{token}_{i}" for i in range(1, count))))
+
+
+def holds(loaded: dict[str, LoadedEmbedding], specs: tuple[EmbeddingSpec, ...]) -> bool:
+    """Whether every embedding of `specs` is loaded as that version."""
+    return all((held := loaded.get(token_of(spec))) is not None and held.serves(spec) for spec in specs)

@@ -82,7 +82,7 @@ from daguerre.engine.jobs import (
     VideoJob,
     VideoResult,
 )
-from daguerre.engine.loading.embeddings import load_embeddings, token_of
+from daguerre.engine.loading.embeddings import LoadedEmbedding, holds, load_embeddings
 from daguerre.engine.loading.lora import (
     DEFAULT_MAX_ADAPTER_BYTES,
     DEFAULT_MAX_ADAPTERS,
@@ -149,8 +149,8 @@ class LoadedPipeline:
     schedulers: Schedulers
     # The LoRAs loaded into this pipeline; they stay loaded, switched per job.
     loras: LoraState = field(default_factory=LoraState)
-    # The textual-inversion embeddings loaded into it (token -> file); they stay loaded.
-    embeddings: dict[str, str] = field(default_factory=dict)
+    # The textual-inversion embeddings loaded into it, by token; they stay loaded.
+    embeddings: dict[str, LoadedEmbedding] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -683,7 +683,6 @@ class LocalEngine(EngineClient):
         with self.components:
             loaded = self.pipeline(job.model)
             self.loras(loaded, job.loras)
-            self.embeddings(loaded, job.embeddings)
         return loaded
 
     def prepare(self, loaded: LoadedPipeline, job: TextToImageJob, ahead: Future[Ahead] | None = None) -> Prepared:
@@ -691,9 +690,13 @@ class LocalEngine(EngineClient):
         early = ahead.result() if ahead is not None else None  # its failure is this job's
         if early is not None and early.prepared is not None and early.made_on == (loaded.pipe, loaded.loras.fused):
             return early.prepared
-        self.check_prompts(loaded, job.prompt, job.negative_prompt)
-        with stage("encoding the prompt"):
-            conditioning = condition(loaded.pipe, job)
+        # Under the lock, so that work prepared ahead cannot swap an embedding's version between the
+        # load and the encoding. Each job loads its own: a batch-mate's may differ from the head's.
+        with self.components:
+            self.embeddings(loaded, job.embeddings)
+            self.check_prompts(loaded, job.prompt, job.negative_prompt)
+            with stage("encoding the prompt"):
+                conditioning = condition(loaded.pipe, job)
         if early is not None:
             return Prepared(conditioning, early.init_image)
         with stage("reading the init image"):
@@ -710,7 +713,7 @@ class LocalEngine(EngineClient):
             loaded = self.cache.peek(job.model)
             if not isinstance(loaded, LoadedPipeline) or loaded.loras.fused != wanted:
                 return Ahead(init_image)
-            if any(loaded.embeddings.get(token_of(spec)) != spec.path for spec in job.embeddings):
+            if not holds(loaded.embeddings, job.embeddings):
                 return Ahead(init_image)  # its prompts need tokens the worker has yet to load
             self.check_prompts(loaded, job.prompt, job.negative_prompt)
             with stage("encoding the prompt"):
