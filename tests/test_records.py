@@ -23,7 +23,7 @@ from daguerre.engine.runtime.local import LocalEngine
 from daguerre.errors import DaguerreError
 from daguerre.services.accounts import AccountService, to_milli
 from daguerre.services.catalog import Format, NewModel
-from daguerre.services.records import INTERRUPTED, InferenceStore, new_inference_id
+from daguerre.services.records import INTERRUPTED, InferenceStore, new_inference_id, unfinished_count
 from daguerre.services.storage import Storage
 from daguerre.settings import Settings
 from tests.support.api import Api
@@ -277,3 +277,17 @@ def test_a_short_balance_records_nothing(tmp_path: Path) -> None:
     with pytest.raises(DaguerreError, match="not found"):
         store.get("big", token_id)
     assert accounts.balance(token_id) == 10
+
+
+def test_counting_a_token_s_unfinished_jobs_reads_no_history(tmp_path: Path) -> None:
+    # Every charge asks it: with only the token_id index it read every job the token ever ran.
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    statement = unfinished_count(1).compile(engine, compile_kwargs={"literal_binds": True})
+    with engine.connect() as connection:
+        plan = connection.execute(sa.text(f"EXPLAIN QUERY PLAN {statement}")).all()
+    engine.dispose()
+    assert [row[3] for row in plan] == [
+        "SEARCH inferences USING COVERING INDEX ix_inferences_token_status (token_id=? AND status=?)"
+    ], plan

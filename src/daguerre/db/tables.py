@@ -122,7 +122,12 @@ class Inference(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
-    __table_args__ = (Index("ix_inferences_token_created", "token_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_inferences_token_created", "token_id", "created_at"),
+        # A token's unfinished jobs, counted in every charge (max_queued_per_token): found without
+        # reading the token's whole history (migration 0006).
+        Index("ix_inferences_token_status", "token_id", "status"),
+    )
 
 
 class WebhookDelivery(Base):

@@ -189,12 +189,12 @@ class JobService:
         self.accounts.check_affordable(token, plan.cost)  # before any input is stored
         inf_id = new_inference_id()
 
-        def store_and_open() -> None:
+        def store_and_open() -> InferenceRecord:
             files = {}
             for role, data in plan.inputs.items():
                 files[role] = self.storage.new_key("inputs", ".png")
                 self.storage.put(files[role], data)
-            self.inferences.open(
+            return self.inferences.open(
                 inf_id,
                 token.id,
                 plan.kind,
@@ -208,9 +208,7 @@ class JobService:
                 max_unfinished=self.settings.max_queued_per_token,
             )
 
-        await to_thread.run_sync(store_and_open)
-        record = await to_thread.run_sync(self.inferences.find, inf_id)
-        assert record is not None  # just written
+        record = await to_thread.run_sync(store_and_open)
         try:
             handle = await self.engine.submit(inf_id, plan.job, str(token.id))
         except DaguerreError as exc:
@@ -246,6 +244,8 @@ class JobService:
             await live.ended.wait()
             if live.failure is not None:
                 raise live.failure
+            if live.record.status == DONE:  # read back by the runner when the job ended (_ended)
+                return live.record
         record = await to_thread.run_sync(self.inferences.find, inf_id)
         if record is None or record.status != DONE:
             raise JobEnded(record.error if record else f"inference {inf_id} not found", 500)

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daguerre.db.database import rows_updated
@@ -126,6 +126,16 @@ class InferenceRecord:
         return dict(self.params["resolved"])
 
 
+def unfinished_count(token_id: int) -> Select[int]:
+    """How many jobs of a token are queued or running: asked in every charge, so it reads the
+    (token_id, status) index, not the token's history."""
+    return (
+        select(func.count())
+        .select_from(Inference)
+        .where(Inference.token_id == token_id, Inference.status.in_(UNFINISHED))
+    )
+
+
 def _record(row: Inference) -> InferenceRecord:
     return InferenceRecord(
         row.id,
@@ -187,17 +197,13 @@ class InferenceStore:
         base_url: str = "",
         files: dict[str, str] | None = None,
         max_unfinished: int | None = None,
-    ) -> None:
-        """Charge `cost` millicredits and record the job as queued, in one transaction; raises
-        InsufficientCredits, or TooManyQueued when the token already has `max_unfinished` jobs
-        queued or running, and then charges and records nothing."""
+    ) -> InferenceRecord:
+        """Charge `cost` millicredits and record the job as queued, in one transaction; the record.
+        Raises InsufficientCredits, or TooManyQueued when the token already has `max_unfinished`
+        jobs queued or running, and then charges and records nothing."""
         with self._sessions.begin() as session:
             if max_unfinished is not None:
-                count = session.scalar(
-                    select(func.count())
-                    .select_from(Inference)
-                    .where(Inference.token_id == token_id, Inference.status.in_(UNFINISHED))
-                )
+                count = session.scalar(unfinished_count(token_id))
                 if (count or 0) >= max_unfinished:
                     raise TooManyQueued(
                         f"too many jobs: this token has {count} queued or running, the most this server takes "
@@ -205,24 +211,25 @@ class InferenceStore:
                     )
             debit(session, token_id, cost, inf_id)
             now = self._clock(session)
-            session.add(
-                Inference(
-                    id=inf_id,
-                    token_id=token_id,
-                    kind=kind,
-                    status=QUEUED,
-                    model_id=model_id,
-                    version=version,
-                    params=params,
-                    credit_cost=cost,
-                    queued_at=_now(),
-                    webhook_url=webhook_url,
-                    base_url=base_url,
-                    files=files,
-                    claimed_by=self.gateway,
-                    lease_until=now + self.lease,
-                )
+            row = Inference(
+                id=inf_id,
+                token_id=token_id,
+                kind=kind,
+                status=QUEUED,
+                model_id=model_id,
+                version=version,
+                params=params,
+                credit_cost=cost,
+                queued_at=_now(),
+                webhook_url=webhook_url,
+                base_url=base_url,
+                files=files,
+                claimed_by=self.gateway,
+                lease_until=now + self.lease,
             )
+            session.add(row)
+            session.flush()  # the columns' defaults are on the row now: no read back needed
+            return _record(row)
 
     def start(self, inf_id: str) -> bool:
         """Queued to running; counts the attempt. False when it is not queued (cancelled) or no
