@@ -72,7 +72,11 @@ def test_what_is_missing_is_named_and_costs_nothing(api: Api, controlnet_dirs: d
     body = api.infer_with_image(base, controlnet="canny")
     assert body["error_code"] == 1 and "installed only for the sdxl family; model tiny is sd15" in body["message"]
     body = api.infer_with_image(base, controlnet="scribble")
-    assert body == {"error_code": 1, "message": "invalid controlnet 'scribble': must be one of canny, depth, openpose"}
+    assert body == {
+        "error_code": 1,
+        "message": "invalid controlnet 'scribble': must be one of canny, depth, openpose",
+        "field": "controlnet",
+    }
     body = api.infer(controlnet="canny")
-    assert body == {"error_code": 1, "message": "init_image_file is required"}
+    assert body == {"error_code": 1, "message": "init_image_file is required", "field": "init_image_file"}
     assert api.balance() == before

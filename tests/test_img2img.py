@@ -9,4 +9,8 @@ from tests.support.images import photo, png
 
 def test_image_strength_out_of_range(api: Api) -> None:
     body = api.infer_with_image(png(photo()), image_strength=1.5)
-    assert body == {"error_code": 1, "message": "invalid image_strength '1.5': must be a number from 0 to 1"}
+    assert body == {
+        "error_code": 1,
+        "message": "invalid image_strength '1.5': must be a number from 0 to 1",
+        "field": "image_strength",
+    }

@@ -122,7 +122,7 @@ def test_bad_values_name_the_field_and_what_is_allowed(
 def test_required_fields(recorded_api: Api, missing: str) -> None:
     fields = {k: v for k, v in REQUIRED.items() if k != missing}
     body = recorded_api.post("/api/inference", **fields)
-    assert body == {"error_code": 1, "message": f"{missing} is required"}
+    assert body == {"error_code": 1, "message": f"{missing} is required", "field": missing}
 
 
 def test_unknown_model_and_version(recorded_api: Api) -> None:

@@ -156,7 +156,11 @@ def test_prompts_over_the_limit_are_refused_before_the_charge(
 ) -> None:
     fields = {"model_id": "tiny", "prompt": "p", **SMALL} if path == "/api/inference" else {"model_id": "tiny"}
     body = recorded_api.post(path, **{**fields, "prompt": "p", field: "a" * 8001})
-    assert body == {"error_code": 1, "message": f"invalid {field}: 8001 characters, more than the limit of 8000"}
+    assert body == {
+        "error_code": 1,
+        "message": f"invalid {field}: 8001 characters, more than the limit of 8000",
+        "field": field,
+    }
     assert recorder.jobs == [] and recorded_api.balance() == 1000
 
 

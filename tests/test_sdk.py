@@ -328,5 +328,9 @@ def test_an_unknown_route_is_told_from_an_unknown_inference_in_either_status_mod
     with pytest.raises(InvalidParameter) as bad:
         body_of(answer(422, {"error_code": 1, "message": "the value is wrong"}), "/api/inference")
     assert bad.value.field is None and bad.value.status_code == 422
+    # daguerre's envelope names the field itself: typed and named by it whatever the message says.
+    with pytest.raises(InvalidParameter) as named:
+        body_of(answer(200, {"error_code": 1, "message": "the value is wrong", "field": "width"}), "/api/inference")
+    assert named.value.field == "width"
     with pytest.raises(ServerBusy):
         body_of(httpx.Response(503, text="<html>overloaded</html>"), "/api/inference")

@@ -79,11 +79,12 @@ def test_bad_and_missing_values_are_named_in_the_envelope(up: Api) -> None:
         ("type", "latent", "invalid type 'latent': must be one of esrgan, hires_fix"),
     ]
     for field, value, expected in cases:
-        assert upscale(up, source, **{field: value}) == {"error_code": 1, "message": expected}
+        assert upscale(up, source, **{field: value}) == {"error_code": 1, "message": expected, "field": field}
     for missing in ("inf_id", "url"):
         fields = {"inf_id": source["inf_id"], "url": source["images"][0]}
         del fields[missing]
-        assert up.post("/api/upscale", **fields) == {"error_code": 1, "message": f"{missing} is required"}
+        refused = up.post("/api/upscale", **fields)
+        assert refused == {"error_code": 1, "message": f"{missing} is required", "field": missing}
     assert up.balance() == before
 
 
@@ -109,6 +110,7 @@ def test_the_url_must_be_an_image_of_that_inference(up: Api) -> None:
         assert body == {
             "error_code": 1,
             "message": f"invalid url {url!r}: must be the URL of an image of inference {first['inf_id']}",
+            "field": "url",
         }
     assert up.balance() == before
     # The key is what counts: the same image behind another host name (a proxy) is accepted.
@@ -135,6 +137,7 @@ def test_output_beyond_the_size_limit_is_refused_before_charging(
             "error_code": 1,
             "message": "invalid scale 3.0: the output would be 384x384 (147456 pixels), over this server's limit "
             "of 90000 pixels (setting upscale.max_output_pixels)",
+            "field": "scale",
         }
         hires = upscale(api, source, type="hires_fix", strength="0")
         assert hires["error_code"] == 0  # 2x: 256x256
@@ -177,6 +180,7 @@ def test_esrgan_can_upscale_an_upscale_but_hires_fix_needs_the_original(up: Api)
         "error_code": 1,
         "message": f"invalid inf_id {first['inf_id']!r}: hires_fix re-renders an image from /api/inference, "
         "and this is an upscale",
+        "field": "inf_id",
     }
 
 

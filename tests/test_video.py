@@ -36,7 +36,8 @@ from tests.support.video import FAST, probe, video
 
 def error(body: dict[str, Any], *parts: str) -> None:
     assert body["error_code"] == 1, body
-    assert set(body) == {"error_code", "message"}
+    assert set(body) <= {"error_code", "message", "field"}, body
+    assert body.get("field", "") in body["message"]  # the field an error is about is the one it names
     for part in parts:
         assert part in body["message"], body["message"]
 

@@ -14,17 +14,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daguerre.errors import DaguerreError
+from daguerre.errors import DaguerreError, InvalidParameter
 from daguerre.protocol.errors import ErrorResponse
 
 log = logging.getLogger(__name__)
 
 
-def error_response(request: Request, message: str, status: int) -> JSONResponse:
+def error_response(request: Request, message: str, status: int, field: str | None = None) -> JSONResponse:
     use_status = request.app.state.settings.http_error_status
     # A message quoting a client's text must still encode (a lone surrogate would not).
     safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    return JSONResponse(ErrorResponse(message=safe).model_dump(), status_code=status if use_status else 200)
+    body = ErrorResponse(message=safe, field=field).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status if use_status else 200)
 
 
 class CatchUnexpected:
@@ -60,7 +61,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DaguerreError)
     async def _known(request: Request, exc: DaguerreError) -> JSONResponse:
-        return error_response(request, exc.message, exc.status)
+        return error_response(
+            request, exc.message, exc.status, exc.field if isinstance(exc, InvalidParameter) else None
+        )
 
     @app.exception_handler(HTTPException)
     async def _routing(request: Request, exc: HTTPException) -> JSONResponse:

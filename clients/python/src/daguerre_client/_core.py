@@ -189,15 +189,23 @@ _BY_STATUS: dict[int, type[DaguerreError]] = {
 
 
 def error_from(
-    message: str, status_code: int | None = None, inf_id: str | None = None, error_id: str | None = None
+    message: str,
+    status_code: int | None = None,
+    inf_id: str | None = None,
+    error_id: str | None = None,
+    field_name: str | None = None,
 ) -> DaguerreError:
-    """The typed error for a failure envelope's message (and, failing that, its HTTP status)."""
+    """The typed error for a failure envelope's message (and, failing that, its HTTP status).
+    `field_name`: the envelope's `field`, which daguerre adds; the hosted API's messages name it
+    only in their text."""
     kind = next((cls for pattern, cls in _BY_MESSAGE if pattern.search(message)), None)
     if kind is None and status_code is not None:
         kind = _BY_STATUS.get(status_code)
+    if field_name is not None:
+        kind = InvalidParameter
     if kind is InvalidParameter:
         named = _FIELD.search(message)
-        field_name = (named["invalid"] or named["missing"]) if named else None
+        field_name = field_name or ((named["invalid"] or named["missing"]) if named else None)
         return InvalidParameter(message, field=field_name, status_code=status_code, inf_id=inf_id)
     if kind is GenerationFailed:
         found = _ERROR_ID.search(message)
@@ -226,8 +234,13 @@ def body_of(response: httpx.Response, path: str) -> dict[str, Any]:
     message = str(body.get("message") or "the server gave no message")
     if status in _UNKNOWN_ROUTE_STATUSES and message in _ROUTING_MESSAGES:
         raise NotSupportedByServer(path, status_code=status)
-    error_id = body.get("error_id")
-    raise error_from(message, status, error_id=error_id if isinstance(error_id, str) else None)
+    error_id, field_name = body.get("error_id"), body.get("field")
+    raise error_from(
+        message,
+        status,
+        error_id=error_id if isinstance(error_id, str) else None,
+        field_name=field_name if isinstance(field_name, str) else None,
+    )
 
 
 def transport_error(exc: httpx.TransportError, path: str, timeout: httpx.Timeout) -> DaguerreError:

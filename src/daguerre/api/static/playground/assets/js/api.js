@@ -5,14 +5,15 @@
 const TOKEN_KEY = "daguerre.token";
 
 export class ApiError extends Error {
-  constructor(message) {
+  constructor(message, field = null) {
     super(message);
     this.name = "ApiError";
-    this.field = fieldOf(message);
+    this.field = field ?? fieldOf(message);
   }
 }
 
-// The server's messages name the field first: "invalid width '130': ...", "prompt is required".
+// The envelope's `field` says which field an error is about; the messages also name it first
+// ("invalid width '130': ...", "prompt is required"), which is what the hosted API gives.
 export function fieldOf(message) {
   const match = /^invalid (\w+)\b/.exec(message) ?? /^(\w+) is required\b/.exec(message);
   return match ? match[1] : null;
@@ -47,7 +48,9 @@ async function envelope(response) {
   } catch {
     throw new ApiError(`the server answered ${response.status} without a JSON body`);
   }
-  if (body.error_code !== 0) throw new ApiError(body.message ?? `the server answered ${response.status}`);
+  if (body.error_code !== 0) {
+    throw new ApiError(body.message ?? `the server answered ${response.status}`, body.field ?? null);
+  }
   return body;
 }
 
