@@ -2,7 +2,8 @@
 
 An image made through one gateway is served by another (one Postgres, one bucket). A checkpoint
 registered by URL (`daguerre models add s3://...`) renders, fetched once per node into a cache
-that checks each copy's SHA-256, fetches a damaged copy again, and keeps to its byte budget.
+that checks each copy's SHA-256, fetches a damaged copy again, and keeps to its byte budget; a
+LoRA, an embedding and a VAE registered by URL apply as the same files registered by path do.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from daguerre.app import create_app
 from daguerre.cli import app as cli
+from daguerre.demo.tiny_models import build_tiny_lora
+from daguerre.engine.diffusers_classes import AutoencoderKL
 from daguerre.engine.loading.model_files import ModelFileError, ModelFiles
 from daguerre.engine.runtime.local import LocalEngine
 from daguerre.services.catalog import Format, NewModel
 from daguerre.services.container import open_database
 from daguerre.settings import GatewaySettings, S3Settings, Settings
 from tests.support.api import SMALL, RecordingEngine
+from tests.support.ldm_layout import vae_to_ldm
 from tests.support.s3 import S3Server
 
 
@@ -107,6 +113,70 @@ def test_a_checkpoint_added_by_url_renders_and_a_second_load_uses_the_nodes_copy
         assert (worker.cache.loads, files.fetches) == (1, 1 if load == 0 else 0)
     assert images[0] == images[1]
     assert [file.name for file in node.glob("*.safetensors")] == [f"{version.sha256}.safetensors"]
+
+
+def test_a_lora_an_embedding_and_a_vae_added_by_url_apply_as_the_same_files_by_path(
+    tmp_path: Path, s3_server: S3Server, tiny_sd15: Path
+) -> None:
+    files = {
+        "lora": build_tiny_lora(tiny_sd15, tmp_path / "style.safetensors", seed=4),
+        "embedding": tmp_path / "e.pt",
+        "vae": tmp_path / "kl-f8.safetensors",
+    }
+    torch.manual_seed(8)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(tiny_sd15 / "vae"))
+    save_file(
+        {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(vae.state_dict()).items()},
+        str(files["vae"]),
+    )
+    torch.save(
+        {"string_to_param": {"*": torch.randn(2, 32, generator=torch.Generator().manual_seed(6))}}, files["embedding"]
+    )
+    folder = prefix(s3_server)
+    data = tmp_path / "data"
+    for kind, path in files.items():
+        url = f"s3://{folder}/{path.name}"
+        s3_server.filesystem().put(str(path), url.removeprefix("s3://"))
+        for source, name in ((url, f"s3{kind}"), (str(path), f"local{kind}")):
+            arguments = [
+                "models",
+                "add",
+                source,
+                "--kind",
+                kind,
+                "--title",
+                name,
+                "--id",
+                name,
+                "--data-dir",
+                str(data),
+            ]
+            added = CliRunner().invoke(cli, arguments, env=s3_server.env())
+            assert added.exit_code == 0, added.output
+    settings = Settings(data_dir=data, s3=s3_settings(s3_server))
+    database = open_database(settings)
+    assert database.catalog.get("s3lora").latest.path.startswith("s3://")
+    for model_id, vae_id in (("tiny", None), ("s3tiny", "s3vae"), ("localtiny", "localvae")):
+        options = {"vae": vae_id} if vae_id else None
+        database.catalog.add(NewModel(path=tiny_sd15, format=Format.DIFFUSERS, id=model_id, title="T", options=options))
+    token, _ = database.accounts.create_token(credits=10)
+    database.engine.dispose()
+    node = ModelFiles(tmp_path / "node", 1024**3, settings.fsspec_options)
+    worker = LocalEngine(cache_dir=tmp_path / "engine-cache", device="cpu", model_files=node)
+    with TestClient(create_app(settings, worker)) as client:
+
+        def render(lora: str | None, prompt: str, model_id: str = "tiny") -> bytes:
+            fields = {"access_token": token, "model_id": model_id, "prompt": prompt, **SMALL, "seed": 5}
+            body = client.post("/api/inference", data={**fields, **({"lora": lora} if lora else {})}).json()
+            assert body["error_code"] == 0, body
+            return client.get(urlsplit(body["images"][0]).path).content
+
+        plain = render(None, "a cat")
+        by_url = render("s3lora", "a cat, s3embedding")
+        assert by_url == render("locallora", "a cat, localembedding") != plain
+        assert render(None, "a cat, s3embedding") != plain  # the embedding applies by itself too
+        assert render(None, "a cat", "s3tiny") == render(None, "a cat", "localtiny") != plain
+    assert node.fetches == 3
 
 
 def test_the_model_file_cache_refetches_a_damaged_copy_and_keeps_to_its_budget(

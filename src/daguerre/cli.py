@@ -233,6 +233,11 @@ def _vae_id(catalog: CatalogService, vae: str) -> str:
     return record.id
 
 
+# The kinds whose single files may be registered by URL; ControlNets, annotators and video models
+# are diffusers folders, which a node reads where they are (a path every node mounts).
+URL_KINDS = ("checkpoint", "lora", "embedding", "vae", "upscaler")
+
+
 @models_app.command("add")
 def models_add(
     path: Annotated[
@@ -329,8 +334,8 @@ def models_add(
     settings = _settings(data_dir)
     local, sha256 = Path(path), None
     if is_url(path):
-        if kind not in ("checkpoint", "upscaler"):
-            _fail(ValueError(f"--kind {kind} takes a path: only checkpoint and upscaler files may be URLs"))
+        if kind not in URL_KINDS:
+            _fail(ValueError(f"--kind {kind} takes a path: only {', '.join(URL_KINDS)} files may be URLs"))
         # Read through this node's cache, as the engine will: the probe sees the file it loads.
         files = ModelFiles(settings.model_files_dir, settings.model_files.max_bytes, settings.fsspec_options)
         with console.status(f"Fetching {path}..."):

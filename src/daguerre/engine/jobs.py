@@ -17,6 +17,7 @@ class VaeSpec:
     version: str
     path: str
     format: str  # diffusers | single_file
+    sha256: str | None = None  # of a file registered by URL, as ModelSpec's
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class LoraSpec:
     version: str
     path: str
     weight: float
+    sha256: str | None = None  # of a file registered by URL, as ModelSpec's
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class EmbeddingSpec:
     id: str
     version: str
     path: str
+    sha256: str | None = None  # of a file registered by URL, as ModelSpec's
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def apply_embeddings(
             last = match.end()
         parts.append(_expand_bare(text[last:], bare, tokens))
         written[field] = "".join(parts)
-    specs = tuple(EmbeddingSpec(m.id, m.latest.version, m.latest.path) for m in used.values())
+    specs = tuple(EmbeddingSpec(m.id, m.latest.version, m.latest.path, m.latest.sha256) for m in used.values())
     return written, specs
 
 

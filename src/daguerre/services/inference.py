@@ -79,7 +79,8 @@ def checkpoint_spec(catalog: CatalogService, model: ModelRecord, version: Versio
         vae = catalog.get(vae_id, Kind.VAE)
     except NotFound:
         raise DaguerreError(f"model {model.id} uses VAE {vae_id}, which is no longer installed") from None
-    return replace(spec, vae=VaeSpec(vae.id, vae.latest.version, vae.latest.path, vae.latest.format.value))
+    latest = vae.latest
+    return replace(spec, vae=VaeSpec(vae.id, latest.version, latest.path, latest.format.value, latest.sha256))
 
 
 def join_negative(negative_prompt: str, default: str) -> str:
@@ -96,7 +97,7 @@ def _pinned_loras(catalog: CatalogService, entries: list[dict[str, Any]]) -> tup
             raise DaguerreError(
                 f"LoRA {entry['id']} version {entry['version']}, which that inference used, is no longer installed"
             ) from None
-        specs.append(LoraSpec(entry["id"], entry["version"], version.path, float(entry["weight"])))
+        specs.append(LoraSpec(entry["id"], entry["version"], version.path, float(entry["weight"]), version.sha256))
     return tuple(specs)
 
 

@@ -60,7 +60,7 @@ def lora_specs(catalog: CatalogService, model: ModelRecord, weights: dict[str, f
             raise InvalidParameter.bad_value(
                 "lora", lora_id, f"that LoRA is for the {lora.family} family; model {model.id} is {model.family}"
             )
-        specs.append(LoraSpec(lora.id, lora.latest.version, lora.latest.path, weight))
+        specs.append(LoraSpec(lora.id, lora.latest.version, lora.latest.path, weight, lora.latest.sha256))
     return tuple(specs)
 
 
@@ -72,7 +72,7 @@ def lcm_lora(catalog: CatalogService, model: ModelRecord) -> LoraSpec:
             "(the operator registers one with `daguerre models add PATH --kind lora --lcm`)"
         )
     lora = candidates[-1]
-    return LoraSpec(lora.id, lora.latest.version, lora.latest.path, 1.0)
+    return LoraSpec(lora.id, lora.latest.version, lora.latest.path, 1.0, lora.latest.sha256)
 
 
 def _auxiliary(record: ModelRecord, kind: str) -> AuxiliarySpec:

@@ -18,6 +18,7 @@ import torch
 
 from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.jobs import EmbeddingSpec
+from daguerre.engine.loading.model_files import LocalFile, in_place
 
 # Which vectors of a file go into which tokenizer and text encoder (SDXL files carry both).
 _TARGETS = (("clip_l", "tokenizer", "text_encoder"), ("clip_g", "tokenizer_2", "text_encoder_2"))
@@ -72,17 +73,22 @@ class LoadedEmbedding:
 
 
 def load_embeddings(
-    pipe: DiffusionPipeline, loaded: dict[str, LoadedEmbedding], specs: tuple[EmbeddingSpec, ...]
+    pipe: DiffusionPipeline,
+    loaded: dict[str, LoadedEmbedding],
+    specs: tuple[EmbeddingSpec, ...],
+    local: LocalFile = in_place,
 ) -> None:
     """Load the embeddings of `specs` that `loaded` (token -> what it holds) does not hold yet. One
     registered again (another version) replaces the tokens of the version loaded before, so the
-    new file takes effect without a restart."""
+    new file takes effect without a restart. `local` finds the files."""
     for spec in specs:
         token = token_of(spec)
         held = loaded.get(token)
         if held is not None and held.serves(spec):
             continue
-        vectors = read_embedding(Path(spec.path))  # read first: an unreadable file leaves the old one loaded
+        vectors = read_embedding(
+            local(spec.path, spec.sha256)
+        )  # read first: an unreadable file leaves the old one loaded
         targets = [
             (vectors[key], getattr(pipe, tokenizer), getattr(pipe, encoder))
             for key, tokenizer, encoder in _TARGETS

@@ -41,6 +41,7 @@ from safetensors.torch import load_file
 from daguerre.engine.diffusers_classes import DiffusionPipeline
 from daguerre.engine.families import of_pipeline
 from daguerre.engine.jobs import LoraSpec
+from daguerre.engine.loading.model_files import LocalFile, in_place
 from daguerre.errors import GenerationFailed
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,9 @@ def _source(spec: LoraSpec, file: Path, components: list[str]) -> tuple[str | di
     return renamed, expected
 
 
-def _load(pipe: DiffusionPipeline, spec: LoraSpec, name: str) -> int:
+def _load(pipe: DiffusionPipeline, spec: LoraSpec, name: str, local: LocalFile) -> int:
     """Load one LoRA as adapter `name`, checking that all of it landed; returns its bytes."""
-    source, expected = _source(spec, lora_file(spec.path), _components(pipe))
+    source, expected = _source(spec, lora_file(local(spec.path, spec.sha256)), _components(pipe))
     pipe.load_lora_weights(source, adapter_name=name)
     landed = adapter_tensors(pipe, name)
     if len(landed) != expected:
@@ -201,8 +202,12 @@ def _restore_base_weights(state: LoraState) -> None:
 
 
 @torch.no_grad()
-def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraSpec, ...]) -> None:
-    """Make exactly `loras`, at their weights, active on `pipe`."""
+def activate_loras(
+    pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraSpec, ...], local: LocalFile = in_place
+) -> None:
+    """Make exactly `loras`, at their weights, active on `pipe`; `local` finds their files (a
+    LoRA's adapter is named after its catalog path, so one registered by URL keeps its name
+    whichever copy it was read from)."""
     wanted = tuple((adapter_name(spec), spec.weight) for spec in loras)
     names = [name for name, _ in wanted]
     for name in names:
@@ -216,7 +221,7 @@ def activate_loras(pipe: DiffusionPipeline, state: LoraState, loras: tuple[LoraS
     try:
         for spec, name in zip(loras, names, strict=True):
             if name not in state.loaded:
-                state.loaded[name] = _load(pipe, spec, name)
+                state.loaded[name] = _load(pipe, spec, name, local)
     except Exception:
         # Deleting a file that did not apply makes peft activate another loaded adapter, unfused:
         # nothing is fused now, so nothing may be active either (the next request without LoRAs

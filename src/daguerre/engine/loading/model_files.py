@@ -48,6 +48,17 @@ class ModelFileError(DaguerreError):
     """A model file that cannot be fetched, or does not match its recorded checksum."""
 
 
+# Where a catalog path (and the checksum of a URL's file) is on this node: ModelFiles.local.
+LocalFile = Callable[[str, str | None], Path]
+
+
+def in_place(path: str, sha256: str | None) -> Path:
+    """The LocalFile of callers that hold no node cache: a path as it is; a URL is refused."""
+    if is_url(path):
+        raise ModelFileError(f"{path} is a URL; only an engine with its node's model files can load it")
+    return Path(path)
+
+
 @dataclass(frozen=True)
 class Fetched:
     path: Path  # the local copy

@@ -782,11 +782,13 @@ class LocalEngine(EngineClient):
             return self.cache.get(spec, load, self._estimate(spec))
 
     def _on_disk(self, spec: ModelSpec) -> ModelSpec:
-        """`spec` with a local path: a URL's file is fetched to this node's copies (once). The
-        caches stay keyed by the catalog's spec, so a resident model is never fetched."""
-        if not is_url(spec.path):
-            return spec
-        return replace(spec, path=str(self.model_files.local(spec.path, spec.sha256)))
+        """`spec` with local paths (its VAE's too): a URL's file is fetched to this node's copies
+        (once). The caches stay keyed by the catalog's spec, so a resident model is never fetched."""
+        local = self.model_files.local
+        vae = spec.vae
+        if vae is not None and is_url(vae.path):
+            spec = replace(spec, vae=replace(vae, path=str(local(vae.path, vae.sha256))))
+        return replace(spec, path=str(local(spec.path, spec.sha256))) if is_url(spec.path) else spec
 
     def _estimate(self, spec: ModelSpec) -> int:
         return estimate_bytes(self.model_files.peek(spec.path, spec.sha256) or spec.path)
@@ -794,11 +796,10 @@ class LocalEngine(EngineClient):
     def check_prompts(self, loaded: LoadedPipeline, prompt: str, negative_prompt: str) -> None:
         check_prompt_length(loaded.pipe.tokenizer, prompt, negative_prompt, self._max_prompt_chunks)
 
-    @staticmethod
-    def embeddings(loaded: LoadedPipeline, embeddings: tuple[EmbeddingSpec, ...]) -> None:
+    def embeddings(self, loaded: LoadedPipeline, embeddings: tuple[EmbeddingSpec, ...]) -> None:
         if embeddings:
             with stage("loading embedding " + ", ".join(f"{spec.id} (version {spec.version})" for spec in embeddings)):
-                load_embeddings(loaded.pipe, loaded.embeddings, embeddings)
+                load_embeddings(loaded.pipe, loaded.embeddings, embeddings, self.model_files.local)
 
     def loras(self, loaded: LoadedPipeline, loras: tuple[LoraSpec, ...]) -> None:
         names = ", ".join(f"{spec.id} (version {spec.version})" for spec in loras)
@@ -806,7 +807,7 @@ class LocalEngine(EngineClient):
         fused_before = loaded.loras.fused
         try:
             with stage(f"loading LoRA {names}" if loras else "removing LoRAs"):
-                activate_loras(loaded.pipe, loaded.loras, loras)
+                activate_loras(loaded.pipe, loaded.loras, loras, self.model_files.local)
                 if loaded.loras.fused != fused_before:
                     refresh_fused_projections(loaded.pipe.unet)
         finally:
