@@ -8,6 +8,7 @@ a second time, re-raise it to the server and make it drop the keep-alive connect
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -20,12 +21,16 @@ from daguerre.protocol.errors import ErrorResponse
 log = logging.getLogger(__name__)
 
 
+def error_body(message: str, field: str | None = None) -> dict[str, Any]:
+    """The failure envelope; `field` only where an error is about one."""
+    return ErrorResponse(message=message, field=field).model_dump(exclude_none=True)
+
+
 def error_response(request: Request, message: str, status: int, field: str | None = None) -> JSONResponse:
     use_status = request.app.state.settings.http_error_status
     # A message quoting a client's text must still encode (a lone surrogate would not).
     safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    body = ErrorResponse(message=safe, field=field).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status if use_status else 200)
+    return JSONResponse(error_body(safe, field), status_code=status if use_status else 200)
 
 
 class CatchUnexpected:
@@ -71,6 +76,6 @@ def install_error_handlers(app: FastAPI) -> None:
         # no key matches (a newline in it) is a missing file like any other.
         missing_file = exc.status_code == 404 and request.url.path.startswith("/files/")
         message = "file not found" if missing_file else str(exc.detail)
-        return JSONResponse(ErrorResponse(message=message).model_dump(), status_code=exc.status_code)
+        return JSONResponse(error_body(message), status_code=exc.status_code)
 
     app.add_middleware(CatchUnexpected)

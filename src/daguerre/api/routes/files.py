@@ -5,8 +5,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from daguerre.api.dependencies import services
+from daguerre.api.envelope import error_body
 from daguerre.errors import NotFound
-from daguerre.protocol.errors import ErrorResponse
 from daguerre.services.storage import content_type
 
 router = APIRouter()
@@ -18,7 +18,7 @@ async def get_file(key: str, request: Request) -> Response:
         data = await to_thread.run_sync(services(request).storage.get, key)
     except NotFound as exc:
         # A real 404 whatever the http_error_status setting: browsers and caches read files.
-        return JSONResponse(ErrorResponse(message=exc.message).model_dump(), status_code=404)
+        return JSONResponse(error_body(exc.message), status_code=404)
     # Keys are random and never rewritten, so clients and proxies may cache forever.
     headers = {"Cache-Control": "public, max-age=31536000, immutable"}
     return Response(content=data, media_type=content_type(key), headers=headers)

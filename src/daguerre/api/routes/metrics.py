@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daguerre import metrics
-from daguerre.protocol.errors import ErrorResponse
+from daguerre.api.envelope import error_body
 
 router = APIRouter()
 
@@ -36,9 +36,7 @@ def exposition(request: Request) -> Response:
             given.strip().encode(), token.get_secret_value().encode()
         ):
             message = "/metrics needs the header 'Authorization: Bearer <metrics.token>'"
-            return JSONResponse(
-                ErrorResponse(message=message).model_dump(), status_code=401, headers={"WWW-Authenticate": "Bearer"}
-            )
+            return JSONResponse(error_body(message), status_code=401, headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
